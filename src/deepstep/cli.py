@@ -1,0 +1,176 @@
+"""`deepstep` command line: list, options, train, resume, eval, predict.
+
+User errors exit with code 2 and one paragraph (no traceback); success exits 0."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="deepstep", description="Learn and practise deep learning: one engine, one CLI.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("list", help="recipes, models, data sets and tasks")
+    s.add_argument("what", nargs="?", choices=["recipes", "models", "data", "tasks"], help="show only this")
+
+    s = sub.add_parser("options", help="every configurable key with its type, default and help")
+    s.add_argument("model", nargs="?", help="also list this model's options")
+
+    s = sub.add_parser("train", help="train a recipe; prints the run directory and test metrics")
+    s.add_argument("recipe", help="recipe name (see `deepstep list`) or a path to a TOML file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optim.lr=3e-4 (repeatable; see `deepstep options`)")
+    s.add_argument("--run-dir", help="where to write the run (default runs/<recipe>-<time>)")
+    s.add_argument("--quiet", action="store_true", help="no per-epoch output")
+    s.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+    s = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    s.add_argument("run_dir")
+    s.add_argument("--quiet", action="store_true")
+
+    s = sub.add_parser("eval", help="evaluate a finished run's weights on its validation and test splits")
+    s.add_argument("run_dir")
+
+    s = sub.add_parser("predict", help="classify inputs (images, .npy arrays, CSV rows) with a finished run")
+    s.add_argument("run_dir")
+    s.add_argument("inputs", nargs="+")
+    s.add_argument("--top", type=int, default=1, help="show the K most likely classes")
+    s.add_argument("--json", action="store_true", help="print JSON lines")
+    return p
+
+
+def cmd_list(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .config import read_toml
+    from .registry import DATASETS, MODELS, TASKS, recipe_paths
+
+    console = Console()
+    if args.what in (None, "recipes"):
+        t = Table(title="recipes  (deepstep train NAME)")
+        for col in ("name", "task", "data", "model", "target", "description"):
+            t.add_column(col)
+        for name, path in sorted(recipe_paths().items()):
+            d = read_toml(path)
+            target = ", ".join(f"{k} >= {v}" for k, v in d.get("expect", {}).items())
+            t.add_row(name, d.get("task", "classify"), d.get("data", {}).get("name", ""),
+                      d.get("model", {}).get("name", ""), target, d.get("description", ""))
+        console.print(t)
+    for what, reg, title in (("models", MODELS, "models"), ("data", DATASETS, "data sets"), ("tasks", TASKS, "tasks")):
+        if args.what in (None, what):
+            t = Table(title=title)
+            t.add_column("name")
+            t.add_column("description")
+            for name in reg.names():
+                t.add_row(name, reg.about(name))
+            console.print(t)
+
+
+def cmd_options(args) -> None:
+    import inspect
+
+    from .config import help_lines
+    from .registry import MODELS, model_options
+
+    print("Set any of these with --set KEY=VALUE (values are TOML: 3e-4, true, [256, 128], 'text'):\n")
+    for line in help_lines():
+        print("  " + line)
+    names = [args.model] if args.model else MODELS.names()
+    print("\nModel options (--set model.KEY=VALUE; --set model.name=NAME switches model):")
+    for name in names:
+        opts = model_options(name)
+        print(f"  {name}: " + (", ".join(f"{k}={p.default!r}" for k, p in opts.items()) or "(no options)"))
+        if args.model:
+            print("    " + (inspect.getdoc(MODELS.get(name)) or "").replace("\n", "\n    "))
+
+
+def cmd_train(args) -> None:
+    import tomli_w
+
+    from .config import load_config
+    from .run import train
+
+    cfg = load_config(args.recipe, args.overrides)
+    if args.dry_run:
+        print(tomli_w.dumps(cfg.to_dict()))
+        return
+    result = train(cfg, args.run_dir, verbose=0 if args.quiet else 1)
+    _report(result)
+
+
+def _report(result) -> None:
+    s = result.summary
+    keys = [k for k in s if k.startswith("test/")]
+    print(f"\nrun directory: {result.run_dir}")
+    print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
+    for key, e in s["expect"].items():
+        verdict = "met" if e["met"] else "NOT met"
+        print(f"  target {key} {e['target']}: {verdict}")
+    print(f"  {s['epochs']} epochs, {s['train_seconds']:.1f} s training, {s['samples_per_second']:.0f} samples/s on {s['device']}")
+
+
+def cmd_resume(args) -> None:
+    from .run import resume
+
+    _report(resume(args.run_dir, verbose=0 if args.quiet else 1))
+
+
+def cmd_eval(args) -> None:
+    from .run import evaluate_run
+
+    m = evaluate_run(args.run_dir)
+    print("  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+
+
+def cmd_predict(args) -> None:
+    import numpy as np
+
+    from .data.inputs import read_inputs
+    from .run import load_run
+
+    run = load_run(args.run_dir)
+    x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"])
+    out = run.predict_proba(x)
+    classes = run.meta["classes"]
+    for name, p in zip(names, out):
+        if not classes:
+            values = [round(float(v), 6) for v in np.atleast_1d(p)]
+            print(json.dumps({"input": name, "output": values}) if args.json else f"{name}: {values}")
+            continue
+        top = np.argsort(-p)[: max(1, args.top)]
+        if args.json:
+            print(json.dumps({"input": name, "top": [{"class": classes[i], "probability": float(p[i])} for i in top]}))
+        else:
+            print(f"{name}: " + ", ".join(f"{classes[i]} ({p[i]:.3f})" for i in top))
+
+
+COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
+            "eval": cmd_eval, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if not args.command:
+        _parser().print_help()
+        return 2
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"deepstep {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        where = f" Continue with: deepstep resume {Path(args.run_dir)}" if getattr(args, "run_dir", None) else ""
+        print(f"\ninterrupted.{where}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

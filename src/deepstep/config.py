@@ -1,0 +1,304 @@
+"""Typed run configuration. Presets are TOML files (`recipes/*.toml`); the CLI's repeatable
+`--set key=value` maps 1:1 onto these dataclasses (dotted keys for sections: `optim.lr=3e-4`).
+Each field's `help` is the text shown by `deepstep train --help-config`.
+
+Model options are not a dataclass here: a model factory's keyword-only signature *is* its typed
+config (see `registry.model_options`), so `[model]` holds `name` plus that factory's arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, suggest, unknown
+
+
+def opt(default: Any, help: str):
+    """A dataclass field with a one-line help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    name: str = opt("digits", "data set (see `deepstep list`)")
+    path: str = opt("", "file or folder holding the data; empty: the data set's default place")
+    val_split: float = opt(0.1, "fraction of the training split held out for validation (fixed by seed)")
+    test_split: float = opt(0.2, "fraction held out for testing when the data set has no test split")
+    normalize: bool = opt(True, "standardize inputs with statistics of the training split only")
+    label_column: str = opt("label", "CSV tables: name of the label column")
+    image_size: int = opt(0, "image folders: resize images to this square size (0: first image's size)")
+    grayscale: bool = opt(False, "image folders: convert images to one channel")
+    limit: int = opt(0, "use only the first N training examples (0: all)")
+    download: bool = opt(True, "download missing files from the official mirror into the cache")
+    augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
+
+    def __post_init__(self):
+        for name in ("val_split", "test_split"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise UserError(f"data.{name} = {v} is out of range: expected a fraction in [0, 1).")
+        allowed = {"", "flip", "shift", "flip+shift", "shift+flip"}
+        if self.augment not in allowed:
+            raise UserError(
+                f"data.augment = '{self.augment}' is not valid: expected one of "
+                f"{', '.join(repr(a) for a in sorted(allowed))}."
+            )
+
+
+@dataclass
+class OptimConfig:
+    name: str = opt("adam", "optimizer: sgd, adam, adamw, rmsprop")
+    lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)")
+    weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)")
+    momentum: float = opt(0.9, "momentum for sgd and rmsprop (sgd: 0 gives plain SGD)")
+    nesterov: bool = opt(False, "Nesterov momentum for sgd")
+    betas: list[float] = opt([0.9, 0.999], "Adam/AdamW betas")
+    eps: float = opt(1e-8, "Adam/AdamW/RMSprop epsilon")
+    alpha: float = opt(0.99, "RMSprop smoothing constant")
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise unknown("optimizer", self.name, OPTIMIZERS)
+        if self.lr <= 0:
+            raise UserError(f"optim.lr = {self.lr} must be positive.")
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+
+
+@dataclass
+class SchedConfig:
+    name: str = opt("constant", "learning-rate schedule: constant, step, cosine, onecycle, plateau")
+    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs (fractions allowed)")
+    step_epochs: int = opt(10, "step: multiply the rate by `gamma` every this many epochs")
+    gamma: float = opt(0.1, "step: factor applied every `step_epochs`")
+    min_lr: float = opt(0.0, "cosine/onecycle: final learning rate")
+    factor: float = opt(0.5, "plateau: factor applied when the monitored metric stalls")
+    patience: int = opt(2, "plateau: epochs without improvement before reducing the rate")
+
+    def __post_init__(self):
+        if self.name not in SCHEDULES:
+            raise unknown("schedule", self.name, SCHEDULES)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(10, "number of passes over the training data")
+    batch_size: int = opt(64, "examples per optimizer step (per process when distributed)")
+    eval_batch_size: int = opt(1024, "examples per forward pass during evaluation")
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this value (0: off)")
+    grad_accum: int = opt(1, "accumulate gradients over this many batches per optimizer step")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    monitor: str = opt("val/acc", "metric watched by early stopping, best weights and plateau")
+    early_stop: int = opt(0, "stop after this many epochs without improvement (0: never)")
+    restore_best: bool = opt(True, "end with the weights of the best monitored epoch")
+    checkpoint_every: int = opt(1, "write a resumable checkpoint every N epochs")
+    log_every: int = opt(100, "log training loss every N steps (one host sync each)")
+    seed: int = opt(0, "random seed for splits, initialization, shuffling and dropout")
+    deterministic: bool = opt(False, "use deterministic kernels only (slower on GPU)")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
+    precision: str = opt("fp32", "fp32 or bf16 (autocast)")
+    channels_last: bool = opt(False, "use channels-last memory format for conv nets")
+    threads: int = opt(0, "CPU threads for torch (0: torch's default)")
+
+    def __post_init__(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise unknown("precision", self.precision, ("fp32", "bf16"))
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} = {getattr(self, name)} must be at least 1.")
+        if self.monitor.split("/")[0] not in ("val", "train"):
+            raise UserError(
+                f"train.monitor = '{self.monitor}' must name a logged metric such as 'val/acc' or 'val/loss'."
+            )
+
+
+@dataclass
+class RunConfig:
+    task: str = opt("classify", "what one training step means: classify, regress, ...")
+    description: str = opt("", "one line shown by `deepstep list`")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: dict = field(default_factory=lambda: {"name": "mlp"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    expect: dict = field(default_factory=dict)
+    recipe: str = opt("", "name of the recipe this run came from")
+
+    def __post_init__(self):
+        if "name" not in self.model or not isinstance(self.model["name"], str):
+            raise UserError("The [model] section needs a `name`, e.g. name = \"mlp\".")
+        self.model = resolve_model_args(self.model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
+        return build(cls, d, where)
+
+
+SECTIONS = {"data": DataConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig}
+
+
+def resolve_model_args(model: dict) -> dict:
+    """Check `[model]` keys against the factory's signature and fill in its defaults."""
+    from .registry import model_options
+
+    name = model["name"]
+    if name == "custom":  # an nn.Module handed to the Python API; nothing to resolve
+        return dict(model)
+    options = model_options(name)
+    out = {"name": name}
+    for key, value in model.items():
+        if key == "name":
+            continue
+        if key not in options:
+            raise UserError(
+                f"Model '{name}' has no option '{key}'.{suggest(key, options)} "
+                f"Its options are: {', '.join(sorted(options)) or '(none)'}."
+            )
+    for key, p in options.items():
+        hint = typing.get_type_hints(_factory(name)).get(key, Any)
+        value = model.get(key, p.default)
+        if value is p.empty:
+            raise UserError(f"Model '{name}' needs option '{key}'.")
+        out[key] = coerce(value, hint, f"model.{key}")
+    return out
+
+
+def _factory(name):
+    from .registry import MODELS
+
+    return MODELS.get(name)
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a type annotation, converting only int -> float. Raise UserError."""
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} = {value!r} has the wrong type: expected a list, e.g. [128, 64].")
+        return [coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        for arg in typing.get_args(hint):
+            try:
+                return coerce(value, arg, where)
+            except UserError:
+                pass
+        raise UserError(f"{where} = {value!r} has the wrong type: expected {hint}.")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise UserError(f"{where} = {value!r}: expected nothing (None).")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is dict and isinstance(value, dict):
+        return value
+    if isinstance(hint, type) and isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    example = {"int": "3", "float": "0.001", "bool": "true or false", "str": "'text'"}.get(name, name)
+    raise UserError(f"{where} = {value!r} has the wrong type: expected {name} (e.g. {example}).")
+
+
+def build(cls, d: dict, where: str):
+    """Instantiate dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if not isinstance(d, dict):
+        raise UserError(f"{where} must be a table (section), got {d!r}.")
+    hints = typing.get_type_hints(cls)
+    names = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        if key not in names:
+            raise UserError(
+                f"Unknown key '{where}.{key}' ".replace("config.", "")
+                + f"in {where}.{suggest(key, names)} Valid keys: {', '.join(sorted(names))}."
+            )
+        sub = SECTIONS.get(key) if cls is RunConfig else None
+        if sub is not None:
+            kwargs[key] = build(sub, value, key)
+        elif key == "model" and cls is RunConfig:
+            if not isinstance(value, dict):
+                raise UserError(f"[model] must be a table, got {value!r}.")
+            kwargs[key] = dict(value)
+        else:
+            label = key if cls is RunConfig else f"{where}.{key}"
+            kwargs[key] = coerce(value, hints[key], label)
+    for f in fields(cls):
+        if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+            raise UserError(f"{where} needs '{f.name}'.")
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of --set as a TOML value; a bare word stays a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(d: dict, overrides: list[str]) -> dict:
+    """Apply `key=value` strings (dotted keys) to a nested dict, returning a new dict."""
+    d = copy.deepcopy(d)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set '{item}' is not of the form key=value (e.g. optim.lr=3e-4).")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = d
+        for part in parts[:-1]:
+            if part not in SECTIONS and part != "model" and node is d:
+                valid = list(SECTIONS) + ["model"]
+                raise UserError(f"Unknown section '{part}' in --set {item}.{suggest(part, valid)} Valid sections: {', '.join(valid)}.")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parse_value(text.strip())
+        if parts == ["model", "name"]:
+            # a new model starts from its own defaults
+            d["model"] = {"name": node["name"]}
+    return d
+
+
+def read_toml(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise UserError(f"Cannot read config file '{path}': {e.strerror}.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"Config file '{path}' is not valid TOML: {e}.") from None
+
+
+def load_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
+    """Resolve a recipe name (or TOML path) plus `--set` overrides into a RunConfig."""
+    from .registry import recipe_path
+
+    path = recipe_path(recipe)
+    d = read_toml(path)
+    d = apply_overrides(d, list(overrides))
+    d.setdefault("recipe", path.stem)
+    return RunConfig.from_dict(d, where=f"recipe '{path.stem}'")
+
+
+def help_lines() -> list[str]:
+    """`section.key  (type, default)  help` lines for every configurable field."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else f.default_factory()
+            tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            lines.append(f"{section}.{f.name} ({tname}, default {default!r}): {f.metadata['help']}")
+    return lines

@@ -1,0 +1,146 @@
+"""In-memory data: the form every loader returns (`Arrays`), the seeded validation/test split,
+normalization fitted on the training split only, and the fast path — tensors resident on the
+training device, batched by indexing with a per-epoch seeded permutation (no per-sample
+`__getitem__`, no DataLoader)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from ..errors import UserError
+
+KINDS = ("image", "table", "series")
+
+
+@dataclass
+class Arrays:
+    """A data set as loaders return it.
+
+    x arrays are float32: images (N, C, H, W) scaled to [0, 1]; tables (N, F); series (N, C, T).
+    y arrays are int64 class indices (classification) or float32 targets (regression).
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+    classes: list[str] = field(default_factory=list)
+    kind: str = "table"
+    source: str = ""
+
+    def __post_init__(self):
+        assert self.kind in KINDS, self.kind
+        if len(self.x_train) != len(self.y_train):
+            raise UserError(f"{self.source}: {len(self.x_train)} inputs but {len(self.y_train)} labels.")
+        if len(self.x_train) == 0:
+            raise UserError(f"{self.source}: the data set is empty.")
+
+
+@dataclass
+class Normalizer:
+    """Standardize with per-channel (images, series) or per-feature (tables) statistics."""
+
+    mean: list[float]
+    std: list[float]
+    kind: str
+
+    @classmethod
+    def fit(cls, x: np.ndarray, kind: str) -> Normalizer:
+        axes = (0,) if kind == "table" else tuple(i for i in range(x.ndim) if i != 1)
+        mean = x.mean(axis=axes, dtype=np.float64)
+        std = x.std(axis=axes, dtype=np.float64)
+        std = np.where(std < 1e-6, 1.0, std)
+        return cls(np.atleast_1d(mean).tolist(), np.atleast_1d(std).tolist(), kind)
+
+    @classmethod
+    def identity(cls, x: np.ndarray, kind: str) -> Normalizer:
+        n = x.shape[1]
+        return cls([0.0] * n, [1.0] * n, kind)
+
+    def _shape(self, ndim: int) -> tuple:
+        return (1, -1) + (1,) * (ndim - 2)
+
+    def __call__(self, x):
+        lib = torch if torch.is_tensor(x) else np
+        mean = lib.asarray(self.mean, dtype=lib.float32).reshape(self._shape(x.ndim))
+        std = lib.asarray(self.std, dtype=lib.float32).reshape(self._shape(x.ndim))
+        if torch.is_tensor(x):
+            mean, std = mean.to(x.device), std.to(x.device)
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "kind": self.kind}
+
+
+def split(arrays: Arrays, val_split: float, test_split: float, seed: int, stratify: bool = True,
+          need_test: bool = True):
+    """Hold out test (if the data set has none) and validation parts, fixed by `seed`.
+
+    Returns {'train': (x, y), 'val': (x, y) or None, 'test': (x, y) or None}."""
+    x, y = arrays.x_train, arrays.y_train
+    strat = y if stratify and y.dtype.kind in "iu" else None
+
+    def cut(x, y, frac, salt):
+        s = y if strat is not None else None
+        if s is not None and np.bincount(s).min(initial=2) < 2:
+            s = None  # a class with one example cannot be stratified
+        try:
+            return train_test_split(x, y, test_size=frac, random_state=seed + salt, stratify=s)
+        except ValueError as e:
+            raise UserError(f"{arrays.source}: cannot hold out {frac:.0%} of {len(x)} examples ({e}).") from None
+
+    x_test = y_test = None
+    if arrays.x_test is None and (need_test or test_split > 0):
+        if test_split <= 0:
+            raise UserError(f"{arrays.source} has no test split: set data.test_split to a fraction such as 0.2.")
+        x, x_test, y, y_test = cut(x, y, test_split, 1)
+    elif arrays.x_test is not None:
+        x_test, y_test = arrays.x_test, arrays.y_test
+    val = None
+    if val_split > 0:
+        x, x_val, y, y_val = cut(x, y, val_split, 2)
+        val = (x_val, y_val)
+    return {"train": (x, y), "val": val, "test": None if x_test is None else (x_test, y_test)}
+
+
+class TensorData:
+    """Inputs and targets resident on one device, batched by indexing."""
+
+    def __init__(self, x, y, device):
+        self.x = torch.as_tensor(x).to(device)
+        self.y = torch.as_tensor(y).to(device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1, drop_last=False):
+        """Yield (x, y) batches; shuffled with a permutation fixed by `seed` (None: in order).
+        When distributed, each rank takes every `world`-th example of the permutation."""
+        n = len(self)
+        if seed is None:
+            for i in range(0, n, batch_size):
+                yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+            return
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(n, generator=g)[rank::world].to(self.x.device)
+        stop = len(idx) - (len(idx) % batch_size if drop_last else 0)
+        for i in range(0, stop, batch_size):
+            j = idx[i:i + batch_size]
+            yield self.x[j], self.y[j]
+
+
+def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2) -> torch.Tensor:
+    """Random horizontal flips and/or shifts of up to `max_shift` pixels (zero padded), batched."""
+    if "flip" in kind:
+        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    if "shift" in kind:
+        b, _, h, w = x.shape
+        padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+        dy, dx = torch.randint(0, 2 * max_shift + 1, (2,)).tolist()  # one shift per batch keeps it cheap
+        x = padded[:, :, dy:dy + h, dx:dx + w]
+    return x

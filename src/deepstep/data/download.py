@@ -1,0 +1,55 @@
+"""Cached, checksummed downloads. Files land in `$DEEPSTEP_CACHE` (default ~/.cache/deepstep);
+a file is only moved into place after its MD5 matches. Offline or unreachable mirrors end in a
+UserError that says where to put which files by hand."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DEEPSTEP_CACHE", Path.home() / ".cache" / "deepstep"))
+
+
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(name: str, mirrors: list[str], dest: Path, checksum: str | None, timeout: float = 30.0) -> Path:
+    """Download `name` from the first mirror that answers into `dest`, verifying its MD5.
+
+    Raises UserError naming every mirror tried and why it failed."""
+    import requests
+
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / name
+    errors = []
+    for base in mirrors:
+        url = base.rstrip("/") + "/" + name
+        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f, requests.get(url, stream=True, timeout=timeout) as r:
+                r.raise_for_status()
+                for chunk in r.iter_content(1 << 20):
+                    f.write(chunk)
+            got = md5(Path(tmp))
+            if checksum and got != checksum:
+                errors.append(f"{url}: checksum {got} != expected {checksum}")
+                continue
+            os.replace(tmp, target)
+            return target
+        except requests.RequestException as e:
+            errors.append(f"{url}: {type(e).__name__}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise UserError(f"Could not download '{name}' ({'; '.join(errors)}).")

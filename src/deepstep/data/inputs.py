@@ -1,0 +1,94 @@
+"""Reading raw inputs for `deepstep predict`: image files, .npy arrays and CSV rows, shaped to
+the run's input shape. Scaling matches training ([0, 1] images); normalization is the run's."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def read_image(path: Path, in_shape: tuple) -> np.ndarray:
+    """One image file -> (C, H, W) float32 in [0, 1], converted to the run's channels and size."""
+    from PIL import Image, UnidentifiedImageError
+
+    c, h, w = in_shape
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
+            a = np.asarray(img, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError) as e:
+        raise UserError(f"'{path}' is not a readable image ({e}).") from None
+    return a[None] if c == 1 else a.transpose(2, 0, 1)
+
+
+def _fit(a: np.ndarray, in_shape: tuple, source: str) -> np.ndarray:
+    """Reshape an array of one or more examples to (N, *in_shape), or explain why it cannot be."""
+    size = math.prod(in_shape)
+    if a.size % size or a.size == 0:
+        raise UserError(
+            f"'{source}' holds an array of shape {a.shape}, which is not a whole number of examples of "
+            f"shape {tuple(in_shape)} ({size} values each)."
+        )
+    return a.reshape(-1, *in_shape).astype(np.float32)
+
+
+def read_inputs(paths: list[str], in_shape: tuple, kind: str) -> tuple[np.ndarray, list[str]]:
+    """Inputs for predict -> (array (N, *in_shape), a label per example)."""
+    xs, names = [], []
+    for p in paths:
+        path = Path(p)
+        if not path.is_file():
+            raise UserError(f"Input file '{p}' does not exist.")
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            if kind != "image" or len(in_shape) != 3:
+                raise UserError(f"'{p}' is an image, but this run's model reads {kind} inputs of shape {tuple(in_shape)}.")
+            xs.append(read_image(path, in_shape)[None])
+            names.append(p)
+        elif suffix == ".npy":
+            try:
+                a = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise UserError(f"'{p}' is not a valid .npy array ({e}).") from None
+            a = _fit(np.asarray(a), in_shape, p)
+            xs.append(a)
+            names += [f"{p}[{i}]" for i in range(len(a))] if len(a) > 1 else [p]
+        elif suffix == ".csv":
+            rows = read_csv_rows(path, math.prod(in_shape))
+            xs.append(_fit(rows, in_shape, p))
+            names += [f"{p}:row{i + 1}" for i in range(len(rows))]
+        else:
+            raise UserError(f"'{p}': unsupported input type '{suffix}'. Use images ({', '.join(sorted(IMAGE_SUFFIXES))}), .npy or .csv.")
+    return np.concatenate(xs), names
+
+
+def read_csv_rows(path: Path, width: int) -> np.ndarray:
+    """Numeric CSV rows (a header line is skipped; a `label` column, if present, is dropped)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise UserError(f"'{path}' is empty.")
+    header = None
+    try:
+        [float(v) for v in rows[0]]
+    except ValueError:
+        header, rows = rows[0], rows[1:]
+    drop = header.index("label") if header and "label" in header else None
+    out = []
+    for i, row in enumerate(rows, start=2 if header else 1):
+        if drop is not None:
+            row = row[:drop] + row[drop + 1:]
+        try:
+            out.append([float(v) for v in row])
+        except ValueError:
+            raise UserError(f"'{path}' line {i}: expected {width} numbers, got {row[:5]}...") from None
+        if len(out[-1]) != width:
+            raise UserError(f"'{path}' line {i}: expected {width} numbers per row, got {len(out[-1])}.")
+    return np.asarray(out, dtype=np.float32)

@@ -1,0 +1,124 @@
+"""Optimizers and learning-rate schedules from config, behind one `Optimization` object that a
+task's step calls: backward, gradient accumulation, clipping, the optimizer step and the
+per-step schedule. A GAN step simply owns two of them."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import OptimConfig, SchedConfig
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay)
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+    raise AssertionError(cfg.name)  # OptimConfig validated the name
+
+
+def lr_multiplier(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs: int):
+    """Step -> factor on the base rate, for constant, step and cosine with linear warm-up."""
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    total = max(1, epochs * steps_per_epoch)
+    floor = cfg.min_lr / base_lr
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.name == "step":
+            return cfg.gamma ** (step // (cfg.step_epochs * steps_per_epoch))
+        if cfg.name == "cosine":
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return factor, warm
+
+
+class Optimization:
+    """One optimizer with its schedule, accumulation and clipping.
+
+    Args:
+        params: parameters to optimize (frozen ones are skipped).
+        optim, sched: config sections.
+        steps_per_epoch, epochs: for schedules measured in epochs.
+        grad_clip: max global grad norm (0: off).
+        grad_accum: batches per optimizer step.
+        monitor_mode: 'max' or 'min', for the plateau schedule.
+    """
+
+    def __init__(self, params, optim: OptimConfig, sched: SchedConfig, steps_per_epoch: int, epochs: int,
+                 grad_clip: float = 0.0, grad_accum: int = 1, monitor_mode: str = "max"):
+        self.params = [p for p in params if p.requires_grad]
+        self.optimizer = build_optimizer(self.params, optim)
+        self.grad_clip = grad_clip
+        self.grad_accum = grad_accum
+        self.micro = 0
+        opt_steps = math.ceil(steps_per_epoch / grad_accum)
+        self.per_step = None  # scheduler stepped after every optimizer step
+        self.per_epoch = None  # scheduler stepped with the monitored metric
+        if sched.name == "onecycle":
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, max_lr=optim.lr, total_steps=max(2, opt_steps * epochs),
+                pct_start=(sched.warmup_epochs / epochs) if sched.warmup_epochs else 0.3,
+                final_div_factor=(optim.lr / 25 / sched.min_lr) if sched.min_lr else 1e4,
+            )
+        elif sched.name != "constant" or sched.warmup_epochs:
+            factor, warm = lr_multiplier(sched, optim.lr, opt_steps, epochs)
+            if sched.name == "plateau":
+                self.warm_steps = warm
+            self.per_step = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        if sched.name == "plateau":
+            self.per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode=monitor_mode, factor=sched.factor, patience=sched.patience)
+        self.steps = 0
+
+    def step(self, loss: torch.Tensor) -> None:
+        """Backward `loss`; every `grad_accum` calls clip, step, zero grads and advance the schedule."""
+        (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
+        self.micro += 1
+        if self.micro < self.grad_accum:
+            return
+        self.micro = 0
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.steps += 1
+        if self.per_step is not None and (self.per_epoch is None or self.steps <= self.warm_steps):
+            self.per_step.step()
+
+    def end_epoch(self, metric: float | None) -> None:
+        if self.per_epoch is not None and metric is not None:
+            self.per_epoch.step(metric)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "per_step": self.per_step.state_dict() if self.per_step is not None else {},
+            "per_epoch": self.per_epoch.state_dict() if self.per_epoch is not None else {},
+            "micro": self.micro,
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.per_step is not None:
+            self.per_step.load_state_dict(state["per_step"])
+        if self.per_epoch is not None:
+            self.per_epoch.load_state_dict(state["per_epoch"])
+        self.micro, self.steps = state["micro"], state["steps"]

@@ -1,0 +1,151 @@
+"""Device, precision, seeding and torch.distributed behind one thin object (cf. Lightning Fabric).
+
+Tasks ask the runtime to place tensors and modules, to run a forward pass under autocast and to
+reduce metrics across processes; the loop never touches devices itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' picks cuda, then mps, then cpu. An unavailable device is a user error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"train.device = '{name}' is not a device: use auto, cpu, cuda, cuda:N or mps.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"train.device = '{name}' but no CUDA GPU is available here: use auto or cpu.")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"train.device = '{name}' but MPS is not available here: use auto or cpu.")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def rng_state() -> dict:
+    """All random generator states, in a form `torch.load(weights_only=True)` accepts."""
+    state = {
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Runtime:
+    """Where and how tensors are computed.
+
+    Args:
+        device: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
+        precision: 'fp32' or 'bf16' (autocast; parameters stay fp32).
+        seed: seeds python, numpy and torch.
+        deterministic: deterministic kernels only.
+        threads: CPU threads (0 keeps torch's default).
+
+    Under `torchrun` (WORLD_SIZE > 1) it joins the process group (NCCL on GPUs, gloo on CPU);
+    tasks then shard each batch by `rank` and average gradients with DDP.
+    """
+
+    def __init__(self, device="auto", precision="fp32", seed=0, deterministic=False, threads=0, channels_last=False):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+        self.seed = seed
+        if threads:
+            torch.set_num_threads(threads)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        seed_everything(seed, deterministic)
+
+    @classmethod
+    def from_config(cls, train_cfg) -> Runtime:
+        return cls(
+            device=train_cfg.device,
+            precision=train_cfg.precision,
+            seed=train_cfg.seed,
+            deterministic=train_cfg.deterministic,
+            threads=train_cfg.threads,
+            channels_last=train_cfg.channels_last,
+        )
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move a model to the device (and memory format); wrap it in DDP when distributed."""
+        model = model.to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.distributed:
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def describe(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+        return f"{self.device.type} ({torch.get_num_threads()} threads)"
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DDP wrapper."""
+    return getattr(model, "module", model)

@@ -1,0 +1,101 @@
+"""Convolutional networks for images (N, C, H, W) and series (N, C, T): a configurable conv stack,
+and the two CNNs of the introductory guides (CURRICULUM rows 6 and 7) with correct shapes."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..registry import MODELS
+from .layers import activation as act
+
+
+def _ops(in_shape):
+    if len(in_shape) == 3:
+        return nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d
+    if len(in_shape) == 2:
+        return nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d, nn.AdaptiveAvgPool1d
+    raise UserError(f"Conv nets need image (C, H, W) or series (C, T) inputs, got shape {tuple(in_shape)}.")
+
+
+def flat_size(features: nn.Module, in_shape) -> int:
+    """Number of features after `features` for one input of `in_shape` (computed, never guessed)."""
+    with torch.no_grad():
+        return math.prod(features(torch.zeros(1, *in_shape)).shape[1:])
+
+
+class ConvNet(nn.Module):
+    """Conv blocks -> flatten (or global average pool) -> MLP head."""
+
+    def __init__(self, features: nn.Sequential, head: nn.Sequential):
+        super().__init__()
+        self.features, self.head = features, head
+
+    def forward(self, x):  # (B, C, H, W) or (B, C, T) -> (B, classes)
+        return self.head(self.features(x))
+
+
+def _head(in_features: int, hidden, num_classes, activation, dropout) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    for h in hidden:
+        layers += [nn.Linear(in_features, h), act(activation)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        in_features = h
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+@MODELS.register("convnet")
+def convnet(in_shape, num_classes, *, channels: list[int] = (32, 64), kernel_size: int = 3, stride: int = 1,
+            pool_every: int = 1, batch_norm: bool = True, activation: str = "relu", hidden: list[int] = (128,),
+            dropout: float = 0.0, global_pool: bool = False) -> ConvNet:
+    """Configurable conv stack (2-D for images, 1-D for series): conv -> [BN] -> act, max-pool every
+    `pool_every` blocks (0: never), then flatten or global average pool, then an MLP head."""
+    conv, bn, pool, gap = _ops(in_shape)
+    layers: list[nn.Module] = []
+    c = in_shape[0]
+    for i, width in enumerate(channels):
+        layers.append(conv(c, width, kernel_size, stride=stride, padding=kernel_size // 2, bias=not batch_norm))
+        if batch_norm:
+            layers.append(bn(width))
+        layers.append(act(activation))
+        if pool_every and (i + 1) % pool_every == 0 and min(_spatial(layers, in_shape)) >= 2:
+            layers.append(pool(2))
+        c = width
+    if global_pool:
+        layers.append(gap(1))
+    features = nn.Sequential(*layers)
+    return ConvNet(features, _head(flat_size(features, in_shape), hidden, num_classes, activation, dropout))
+
+
+def _spatial(layers, in_shape):
+    with torch.no_grad():
+        return nn.Sequential(*layers)(torch.zeros(1, *in_shape)).shape[2:]
+
+
+@MODELS.register("cnn-guide")
+def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
+    """The guide's first CNN (row 6): conv 1->32 3x3 -> ReLU -> max-pool 2 -> linear -> classes.
+    For 28x28 input the linear layer reads 32*13*13 = 5408 features (the guide's 32*6*6 is wrong).
+    `flat_features` = 0 computes it; set 1152 to see the guide's mistake caught before training."""
+    features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2))
+    n = flat_features or flat_size(features, in_shape)
+    return ConvNet(features, nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes)))
+
+
+@MODELS.register("cnn-fashion")
+def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 128, flat_features: int = 0) -> ConvNet:
+    """The guide's bigger CNN (row 7): conv 1->32 3x3 -> ReLU -> conv 32->64 3x3 -> ReLU -> max-pool 2
+    -> fc 9216->128 -> fc 10 (9216 = 64*12*12 for 28x28 input), with dropout as in PyTorch's MNIST example."""
+    features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
+                             nn.MaxPool2d(2))
+    n = flat_features or flat_size(features, in_shape)
+    head = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Dropout(2 * dropout),
+                         nn.Linear(hidden, num_classes))
+    return ConvNet(features, head)

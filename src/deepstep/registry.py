@@ -1,0 +1,95 @@
+"""The one registry: models, data sets, tasks and recipes. `deepstep list`, the tests and the
+report all read it; registering a name twice is an error."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError, unknown
+
+
+class Registry:
+    """Name -> object, with a one-line description each."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, Any] = {}
+        self._about: dict[str, str] = {}
+
+    def register(self, name: str, about: str = "") -> Callable:
+        def deco(obj):
+            if name in self._items:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._items[name] = obj
+            doc = inspect.getdoc(obj) or ""
+            self._about[name] = about or (doc.splitlines()[0] if doc else "")
+            return obj
+
+        return deco
+
+    def get(self, name: str):
+        load_all()
+        if name not in self._items:
+            raise unknown(self.kind, name, self._items)
+        return self._items[name]
+
+    def about(self, name: str) -> str:
+        return self._about[name]
+
+    def names(self) -> list[str]:
+        load_all()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        load_all()
+        return name in self._items
+
+
+MODELS = Registry("model")
+DATASETS = Registry("data set")
+TASKS = Registry("task")
+
+_loaded = False
+
+
+def load_all() -> None:
+    """Import the packages whose modules register themselves."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks"):
+        importlib.import_module(pkg)
+
+
+def recipe_paths() -> dict[str, Path]:
+    """Built-in recipes: name -> TOML file."""
+    folder = resources.files("deepstep") / "recipes"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith(".toml")}
+
+
+def recipe_path(name: str) -> Path:
+    """A built-in recipe by name, or a path to a user's TOML file."""
+    paths = recipe_paths()
+    if name in paths:
+        return paths[name]
+    if name.endswith(".toml"):
+        p = Path(name)
+        if not p.is_file():
+            raise UserError(f"Recipe file '{name}' does not exist.")
+        return p
+    raise unknown("recipe", name, paths)
+
+
+def model_options(name: str) -> dict[str, inspect.Parameter]:
+    """The configurable keyword-only arguments of a model factory: its signature is its typed
+    config. Positional arguments (`in_shape`, `num_classes`) come from the data, not the config."""
+    sig = inspect.signature(MODELS.get(name))
+    return {k: p for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+

@@ -1,0 +1,161 @@
+"""Training, resuming and loading runs: the glue between config, task, loop and run directory."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig, read_toml
+from .data.arrays import Normalizer
+from .engine.callbacks import BestWeights, Progress
+from .engine.checkpoint import load_checkpoint, load_state, load_weights, save_weights
+from .engine.loop import Loop
+from .engine.rundir import RunDir, default_run_dir
+from .engine.runtime import Runtime
+from .errors import UserError
+from .models.layers import create_model
+from .registry import TASKS
+
+
+@dataclass
+class Result:
+    """What `train` returns: the run directory and the final summary."""
+
+    run_dir: Path
+    summary: dict
+
+    def __getitem__(self, key):
+        return self.summary[key]
+
+
+def versions() -> dict:
+    import sklearn
+
+    from . import __version__
+
+    return {"deepstep": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "sklearn": sklearn.__version__, "python": platform.python_version()}
+
+
+def _callbacks(task, cfg: RunConfig, verbose: int):
+    cbs = []
+    if getattr(task, "has_val", False):
+        cbs.append(BestWeights(task.modules(), cfg.train.monitor, cfg.train.early_stop, cfg.train.restore_best))
+    cbs.append(Progress(cfg.train.epochs, task.steps_per_epoch, verbose))
+    return cbs
+
+
+def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, resume: bool = False) -> Result:
+    """Train `cfg` into a run directory, evaluate on the test split, write summary and weights.
+
+    Example:
+        >>> from deepstep.config import load_config
+        >>> cfg = load_config("digits-mlp", ["train.epochs=1"])
+        >>> r = train(cfg, run_dir=tmp / "run", verbose=0)   # doctest: +SKIP
+    """
+    t_start = time.perf_counter()
+    runtime = Runtime.from_config(cfg.train)
+    run = RunDir.open(run_dir) if resume else RunDir.create(run_dir or default_run_dir(cfg.recipe), cfg.to_dict())
+    task = TASKS.get(cfg.task)(cfg, runtime)
+    run.write_json(run.meta, {**task.meta, "model": cfg.model})
+    loop = Loop(task, runtime, cfg.train.epochs, run, _callbacks(task, cfg, verbose),
+                cfg.train.checkpoint_every, cfg.train.log_every)
+    if resume and run.checkpoint.exists():
+        loop.load_state_dict(load_checkpoint(run.checkpoint))
+    elif resume:
+        run.truncate_metrics(0)  # killed before the first checkpoint: start over
+    final = loop.fit()
+    task.train(False)
+    for split in ("val", "test"):
+        final.update(task.evaluate(split))
+    st = loop.state
+    summary = {
+        **final,
+        "recipe": cfg.recipe,
+        "epochs": st.epoch,
+        "train_seconds": round(st.train_seconds, 3),
+        "samples_per_second": round(st.samples / st.step_seconds, 1) if st.step_seconds else 0.0,
+        "wall_seconds_this_process": round(time.perf_counter() - t_start, 3),
+        "device": runtime.describe(),
+        "world_size": runtime.world_size,
+        "seed": cfg.train.seed,
+        "versions": versions(),
+        "expect": check_expectations(cfg.expect, final),
+    }
+    if runtime.is_main:
+        save_weights({f"{n}.{k}": v for n, m in task.modules().items() for k, v in m.state_dict().items()},
+                     run.weights, {"recipe": cfg.recipe})
+        run.write_json(run.summary, summary)
+    return Result(run.path, summary)
+
+
+def check_expectations(expect: dict, metrics: dict) -> dict:
+    """`[expect]` targets of a recipe ({"test/acc": 0.97}) -> {key: {target, value, met}}.
+    Lower-is-better metrics (loss, rmse, ...) must be at most the target."""
+    from .engine.callbacks import monitor_mode
+
+    out = {}
+    for key, target in expect.items():
+        value = metrics.get(key)
+        if value is None:
+            out[key] = {"target": target, "value": None, "met": False}
+            continue
+        met = value <= target if monitor_mode(key) == "min" else value >= target
+        out[key] = {"target": target, "value": value, "met": bool(met)}
+    return out
+
+
+def resume(run_dir: Path | str, verbose: int = 1) -> Result:
+    """Continue an interrupted run from its last checkpoint; the result equals an uninterrupted run."""
+    run = RunDir.open(run_dir)
+    if run.summary.exists():
+        raise UserError(f"The run in '{run.path}' already finished (summary.json exists); nothing to resume.")
+    cfg = RunConfig.from_dict(read_toml(run.config), where=str(run.config))
+    return train(cfg, run.path, verbose=verbose, resume=True)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, ready for predictions: its config, meta, model (eval mode) and normalizer."""
+
+    path: Path
+    cfg: RunConfig
+    meta: dict
+    model: torch.nn.Module
+    normalizer: Normalizer
+
+    @torch.inference_mode()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities (classification) or outputs (regression) for raw inputs (N, *in_shape)."""
+        t = self.normalizer(torch.as_tensor(x, dtype=torch.float32))
+        out = self.model(t)
+        return (out.softmax(-1) if self.meta["loss"] == "cross_entropy" else out).numpy()
+
+
+def load_run(run_dir: Path | str) -> LoadedRun:
+    """Load a finished run's model from its directory (safetensors; nothing is unpickled)."""
+    run = RunDir.open(run_dir)
+    cfg = RunConfig.from_dict(read_toml(run.config), where=str(run.config))
+    meta = run.read_json(run.meta)
+    model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"],
+                         **{k: v for k, v in cfg.model.items() if k != "name"})
+    tensors = load_weights(run.weights)
+    load_state(model, {k.removeprefix("model."): v for k, v in tensors.items()}, str(run.weights))
+    model.eval()
+    n = meta["normalizer"]
+    return LoadedRun(run.path, cfg, meta, model, Normalizer(n["mean"], n["std"], n["kind"]))
+
+
+def evaluate_run(run_dir: Path | str) -> dict:
+    """Re-evaluate a finished run's saved weights on its data's validation and test splits."""
+    loaded = load_run(run_dir)
+    runtime = Runtime(device="cpu", seed=loaded.cfg.train.seed)
+    task = TASKS.get(loaded.cfg.task)(loaded.cfg, runtime)
+    load_state(task.modules()["model"], loaded.model.state_dict(), str(loaded.path))
+    task.train(False)
+    return {**task.evaluate("val"), **task.evaluate("test")}

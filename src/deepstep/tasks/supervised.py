@@ -1,0 +1,167 @@
+"""Supervised learning on in-memory arrays: classification (cross-entropy; accuracy, macro-F1)
+and regression (MSE/L1/Huber; RMSE, MAE). The step is one forward/backward on a batch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..data.arrays import Arrays, Normalizer, TensorData, augment_images, split
+from ..engine.callbacks import monitor_mode
+from ..engine.optim import Optimization
+from ..engine.runtime import unwrap
+from ..errors import UserError
+from ..models.layers import check_fits, create_model
+from ..registry import DATASETS, TASKS
+
+LOSSES = ("cross_entropy", "mse", "l1", "huber")
+
+
+class Supervised:
+    """Args:
+        cfg: the resolved RunConfig.
+        runtime: device/precision/distribution.
+        arrays: data to use instead of loading `cfg.data.name` (the Python API passes its own).
+        model: an nn.Module to use instead of building `cfg.model` (any module works).
+        loss: 'cross_entropy' (classification) or 'mse', 'l1', 'huber' (regression).
+    """
+
+    def __init__(self, cfg, runtime, arrays: Arrays | None = None, model: torch.nn.Module | None = None,
+                 loss: str = "cross_entropy", train_acc: bool = True):
+        if loss not in LOSSES:
+            raise UserError(f"Unknown loss '{loss}'. Valid losses: {', '.join(LOSSES)}.")
+        self.cfg, self.rt, self.loss_name = cfg, runtime, loss
+        self.classify = loss == "cross_entropy"
+        self.train_acc = self.classify and train_acc
+        given = arrays is not None
+        arrays = arrays if given else DATASETS.get(cfg.data.name)(cfg.data)
+        if self.classify and arrays.y_train.dtype.kind not in "iu":
+            raise UserError(f"{arrays.source}: classification needs integer class labels, got {arrays.y_train.dtype}.")
+        parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,
+                      need_test=not given)
+        x_train = parts["train"][0]
+        self.norm = (Normalizer.fit(x_train, arrays.kind) if cfg.data.normalize
+                     else Normalizer.identity(x_train, arrays.kind))
+        self.data = {k: TensorData(self.norm(v[0]), v[1], runtime.device) for k, v in parts.items() if v is not None}
+        y = arrays.y_train
+        if self.classify:
+            n_out = max(len(arrays.classes), int(y.max()) + 1)
+            classes = arrays.classes or [str(i) for i in range(n_out)]
+        else:
+            n_out, classes = (1 if y.ndim == 1 else y.shape[1]), []
+        in_shape = tuple(x_train.shape[1:])
+        name = cfg.model["name"]
+        if model is None:
+            model = create_model(name, in_shape, n_out, **{k: v for k, v in cfg.model.items() if k != "name"})
+        check_fits(model, self.data["train"].x[:2].cpu(), arrays.source or cfg.data.name)
+        self.model = runtime.module(model)
+        self.augment = cfg.data.augment if arrays.kind == "image" else ""
+        n_train = len(self.data["train"]) // runtime.world_size
+        self.steps_per_epoch = -(-n_train // cfg.train.batch_size)
+        self.opt = Optimization(self.model.parameters(), cfg.optim, cfg.sched, self.steps_per_epoch, cfg.train.epochs,
+                                cfg.train.grad_clip, cfg.train.grad_accum, monitor_mode(cfg.train.monitor))
+        self.meta = {"task": cfg.task, "loss": loss, "classes": classes, "in_shape": list(in_shape),
+                     "num_outputs": n_out, "kind": arrays.kind, "normalizer": self.norm.to_dict(),
+                     "source": arrays.source, "sizes": {k: len(v) for k, v in self.data.items()}}
+        self.has_val = "val" in self.data
+
+    # --- the loop's protocol -------------------------------------------------------------
+    def modules(self) -> dict:
+        return {"model": unwrap(self.model)}
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def batches(self, epoch: int):
+        return self.data["train"].batches(self.cfg.train.batch_size, seed=self.cfg.train.seed * 1_000_003 + epoch,
+                                          rank=self.rt.rank, world=self.rt.world_size)
+
+    def samples_in(self, batch) -> int:
+        return batch[1].shape[0]
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return loss_fn(self.loss_name, out, y, reduction, self.cfg.train.label_smoothing)
+
+    def train_step(self, batch) -> dict:
+        x, y = batch
+        if self.augment:
+            x = augment_images(x, self.augment)
+        if self.rt.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.rt.autocast():
+            out = self.model(x)
+            loss = self.loss(out.float(), y)
+        self.opt.step(loss)
+        if self.train_acc:
+            return {"train/loss": loss, "train/acc": (out.argmax(1) == y).float().mean()}
+        return {"train/loss": loss}
+
+    def end_epoch(self, logs: dict) -> None:
+        self.opt.end_epoch(logs.get(self.cfg.train.monitor))
+        logs["lr"] = self.opt.lr
+
+    @torch.inference_mode()
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """Model outputs for normalized inputs, in evaluation batches (float32)."""
+        bs = self.cfg.train.eval_batch_size
+        with self.rt.autocast():
+            return torch.cat([self.model(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+
+    def evaluate(self, split: str) -> dict:
+        if split not in self.data:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        d = self.data[split]
+        out = self.outputs(d.x)
+        self.model.train(was)
+        return metrics(out, d.y, self.loss(out, d.y, "sum").item() / len(d), self.classify, split,
+                       self.meta["num_outputs"])
+
+    def state_dict(self) -> dict:
+        return {"model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+
+
+def loss_fn(name: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean",
+            label_smoothing: float = 0.0) -> torch.Tensor:
+    """cross_entropy on logits and class indices; mse, l1 or huber on outputs and targets."""
+    if name == "cross_entropy":
+        return F.cross_entropy(out, y, label_smoothing=label_smoothing, reduction=reduction)
+    out = out.squeeze(-1) if out.shape[-1] == 1 and y.ndim == 1 else out
+    fn = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}[name]
+    return fn(out, y.to(out.dtype), reduction=reduction)
+
+
+def metrics(out: torch.Tensor, y: torch.Tensor, loss: float, classify: bool, split: str, n_out: int) -> dict:
+    """Loss plus accuracy/macro-F1 (classification) or RMSE/MAE (regression), prefixed by split."""
+    m = {f"{split}/loss": loss}
+    if classify:
+        pred = out.argmax(1)
+        m[f"{split}/acc"] = (pred == y).float().mean().item()
+        cm = torch.bincount(y * n_out + pred, minlength=n_out * n_out).reshape(n_out, n_out).double()
+        tp, support, predicted = cm.diag(), cm.sum(1), cm.sum(0)
+        f1 = 2 * tp / (support + predicted).clamp(min=1)
+        m[f"{split}/macro_f1"] = f1[support > 0].mean().item()
+    else:
+        out = out.squeeze(-1) if out.shape[-1] == 1 and y.ndim == 1 else out
+        err = out - y.to(out.dtype)
+        m[f"{split}/rmse"] = err.pow(2).mean().sqrt().item()
+        m[f"{split}/mae"] = err.abs().mean().item()
+    return m
+
+
+@TASKS.register("classify")
+def classify(cfg, runtime, **kw) -> Supervised:
+    """Classification with cross-entropy; reports accuracy and macro-F1."""
+    return Supervised(cfg, runtime, loss="cross_entropy", **kw)
+
+
+@TASKS.register("regress")
+def regress(cfg, runtime, **kw) -> Supervised:
+    """Regression with mean squared error; reports RMSE and MAE."""
+    return Supervised(cfg, runtime, loss="mse", **kw)
+

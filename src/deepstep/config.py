@@ -158,10 +158,8 @@ def resolve_model_args(model: dict) -> dict:
         return dict(model)
     options = model_options(name)
     out = {"name": name}
-    for key, value in model.items():
-        if key == "name":
-            continue
-        if key not in options:
+    for key in model:
+        if key != "name" and key not in options:
             raise UserError(
                 f"Model '{name}' has no option '{key}'.{suggest(key, options)} "
                 f"Its options are: {', '.join(sorted(options)) or '(none)'}."

@@ -1,4 +1,4 @@
-"""`deepstep` command line: list, options, train, resume, eval, predict.
+"""`deepstep` command line: list, options, train, resume, eval, predict, scratch.
 
 User errors exit with code 2 and one paragraph (no traceback); success exits 0."""
 
@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+")
     s.add_argument("--top", type=int, default=1, help="show the K most likely classes")
     s.add_argument("--json", action="store_true", help="print JSON lines")
+
+    s = sub.add_parser("scratch", help="train the NumPy network with hand-written backprop on digits")
+    s.add_argument("--hidden", type=int, default=32, help="hidden units")
+    s.add_argument("--epochs", type=int, default=40)
+    s.add_argument("--lr", type=float, default=0.5)
+    s.add_argument("--output", choices=["softmax", "sigmoid"], default="softmax",
+                   help="softmax + cross-entropy, or sigmoid + mean squared error")
     return p
 
 
@@ -151,8 +158,20 @@ def cmd_predict(args) -> None:
             print(f"{name}: " + ", ".join(f"{classes[i]} ({p[i]:.3f})" for i in top))
 
 
+def cmd_scratch(args) -> None:
+    from .scratch import digits_demo
+
+    if args.hidden < 1 or args.epochs < 1 or args.lr <= 0:
+        raise UserError("--hidden and --epochs must be at least 1 and --lr positive.")
+    r = digits_demo(n_hidden=args.hidden, epochs=args.epochs, lr=args.lr, output=args.output)
+    print(f"NumPy 64-{args.hidden}-10 sigmoid network ({args.output} output), SGD lr {args.lr}, "
+          f"{r['epochs']} epochs on digits ({r['train_size']} train / {r['test_size']} test)")
+    print(f"  final loss {r['final_loss']:.4f}  train acc {r['train_acc']:.4f}  test acc {r['test_acc']:.4f}"
+          f"  ({r['seconds']:.2f} s)")
+
+
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
-            "eval": cmd_eval, "predict": cmd_predict}
+            "eval": cmd_eval, "predict": cmd_predict, "scratch": cmd_scratch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,12 @@ def _ops(in_shape):
     raise UserError(f"Conv nets need image (C, H, W) or series (C, T) inputs, got shape {tuple(in_shape)}.")
 
 
+def _image_only(in_shape, model: str) -> None:
+    if len(in_shape) != 3:
+        raise UserError(f"Model '{model}' reads images (C, H, W), but the data has shape {tuple(in_shape)}. "
+                        "Use 'convnet' (1-D for series) or 'mlp' instead.")
+
+
 def flat_size(features: nn.Module, in_shape) -> int:
     """Number of features after `features` for one input of `in_shape` (computed, never guessed)."""
     with torch.no_grad():
@@ -84,6 +90,7 @@ def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
     """The guide's first CNN (row 6): conv 1->32 3x3 -> ReLU -> max-pool 2 -> linear -> classes.
     For 28x28 input the linear layer reads 32*13*13 = 5408 features (the guide's 32*6*6 is wrong).
     `flat_features` = 0 computes it; set 1152 to see the guide's mistake caught before training."""
+    _image_only(in_shape, "cnn-guide")
     features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2))
     n = flat_features or flat_size(features, in_shape)
     return ConvNet(features, nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes)))
@@ -93,6 +100,7 @@ def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
 def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 128, flat_features: int = 0) -> ConvNet:
     """The guide's bigger CNN (row 7): conv 1->32 3x3 -> ReLU -> conv 32->64 3x3 -> ReLU -> max-pool 2
     -> fc 9216->128 -> fc 10 (9216 = 64*12*12 for 28x28 input), with dropout as in PyTorch's MNIST example."""
+    _image_only(in_shape, "cnn-fashion")
     features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
                              nn.MaxPool2d(2))
     n = flat_features or flat_size(features, in_shape)

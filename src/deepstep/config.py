@@ -68,6 +68,8 @@ class OptimConfig:
             raise unknown("optimizer", self.name, OPTIMIZERS)
         if self.lr <= 0:
             raise UserError(f"optim.lr = {self.lr} must be positive.")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UserError(f"optim.betas = {self.betas} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -220,10 +222,12 @@ def build(cls, d: dict, where: str):
     kwargs = {}
     for key, value in d.items():
         if key not in names:
-            raise UserError(
-                f"Unknown key '{where}.{key}' ".replace("config.", "")
-                + f"in {where}.{suggest(key, names)} Valid keys: {', '.join(sorted(names))}."
-            )
+            label = key if cls is RunConfig else f"{where}.{key}"
+            hint = suggest(key, names)
+            if cls is RunConfig:  # a section's key given without its section, e.g. `lr` for `optim.lr`
+                owners = [s for s, c in SECTIONS.items() if key in {f.name for f in fields(c)}]
+                hint = f" Did you mean '{owners[0]}.{key}'?" if owners else hint
+            raise UserError(f"Unknown key '{label}' in {where}.{hint} Valid keys: {', '.join(sorted(names))}.")
         sub = SECTIONS.get(key) if cls is RunConfig else None
         if sub is not None:
             kwargs[key] = build(sub, value, key)
@@ -258,10 +262,12 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         node = d
         for part in parts[:-1]:
-            if part not in SECTIONS and part != "model" and node is d:
-                valid = list(SECTIONS) + ["model"]
+            if part not in SECTIONS and part not in ("model", "expect") and node is d:
+                valid = list(SECTIONS) + ["model", "expect"]
                 raise UserError(f"Unknown section '{part}' in --set {item}.{suggest(part, valid)} Valid sections: {', '.join(valid)}.")
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item}: '{part}' is a value, not a section, so it has no keys.")
         node[parts[-1]] = parse_value(text.strip())
         if parts == ["model", "name"]:
             # a new model starts from its own defaults

@@ -42,11 +42,11 @@ def versions() -> dict:
             "sklearn": sklearn.__version__, "python": platform.python_version()}
 
 
-def _callbacks(task, cfg: RunConfig, verbose: int):
+def _callbacks(task, cfg: RunConfig, verbose: int, is_main: bool = True):
     cbs = []
     if getattr(task, "has_val", False):
         cbs.append(BestWeights(task.modules(), cfg.train.monitor, cfg.train.early_stop, cfg.train.restore_best))
-    cbs.append(Progress(cfg.train.epochs, task.steps_per_epoch, verbose))
+    cbs.append(Progress(cfg.train.epochs, task.steps_per_epoch, verbose if is_main else 0))
     return cbs
 
 
@@ -60,15 +60,21 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
     """
     t_start = time.perf_counter()
     runtime = Runtime.from_config(cfg.train)
-    run = RunDir.open(run_dir) if resume else RunDir.create(run_dir or default_run_dir(cfg.recipe), cfg.to_dict())
+    # under torchrun all ranks use rank 0's folder, and only rank 0 writes to it
+    path = runtime.broadcast(str(run_dir or default_run_dir(cfg.recipe)))
+    if resume:
+        run = RunDir.open(path)
+    else:
+        run = RunDir.create(path, cfg.to_dict()) if runtime.is_main else RunDir(path)
     task = TASKS.get(cfg.task)(cfg, runtime)
-    run.write_json(run.meta, {**task.meta, "model": cfg.model})
-    loop = Loop(task, runtime, cfg.train.epochs, run, _callbacks(task, cfg, verbose),
+    loop = Loop(task, runtime, cfg.train.epochs, run, _callbacks(task, cfg, verbose, runtime.is_main),
                 cfg.train.checkpoint_every, cfg.train.log_every)
     if resume and run.checkpoint.exists():
         loop.load_state_dict(load_checkpoint(run.checkpoint))
-    elif resume:
+    elif resume and runtime.is_main:
         run.truncate_metrics(0)  # killed before the first checkpoint: start over
+    if runtime.is_main:
+        run.write_json(run.meta, {**task.meta, "model": cfg.model})
     final = loop.fit()
     task.train(False)
     for split in ("val", "test"):

@@ -119,14 +119,16 @@ class TensorData:
 
     def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1, drop_last=False):
         """Yield (x, y) batches; shuffled with a permutation fixed by `seed` (None: in order).
-        When distributed, each rank takes every `world`-th example of the permutation."""
+        When distributed, each rank takes every `world`-th example of the permutation; the last
+        n % world examples of the permutation are left out so that every rank runs the same number
+        of steps (an extra step on one rank breaks DDP's gradient all-reduce: gloo aborts, NCCL hangs)."""
         n = len(self)
         if seed is None:
             for i in range(0, n, batch_size):
                 yield self.x[i:i + batch_size], self.y[i:i + batch_size]
             return
         g = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=g)[rank::world].to(self.x.device)
+        idx = torch.randperm(n, generator=g)[: n - n % world][rank::world].to(self.x.device)
         stop = len(idx) - (len(idx) % batch_size if drop_last else 0)
         for i in range(0, stop, batch_size):
             j = idx[i:i + batch_size]

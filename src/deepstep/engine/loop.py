@@ -29,6 +29,7 @@ class LoopState:
     train_seconds: float = 0.0
     step_seconds: float = 0.0
     samples: int = 0
+    stopped: bool = False  # a callback ended training early; a resume must not continue it
 
 
 class Loop:
@@ -39,13 +40,13 @@ class Loop:
         self.checkpoint_every, self.log_every = checkpoint_every, log_every
         self.state = LoopState()
         self.history: list[dict] = []
+        self.saved_epoch: int | None = None  # epoch of the last checkpoint this loop wrote or loaded
 
     def fit(self) -> dict:
         task, cbs, st = self.task, self.callbacks, self.state
         for cb in cbs:
             cb.on_train_begin(self)
-        stop = False
-        while st.epoch < self.epochs and not stop:
+        while st.epoch < self.epochs and not st.stopped:
             epoch, t0 = st.epoch, time.perf_counter()
             for cb in cbs:
                 cb.on_epoch_begin(epoch)
@@ -57,7 +58,7 @@ class Loop:
                     sums[k] = sums[k] + v.detach() if k in sums else v.detach()
                 n += 1
                 st.step += 1
-                st.samples += task.samples_in(item)
+                st.samples += task.samples_in(item) * self.runtime.world_size  # shards are equal
                 if st.step % self.log_every == 0:
                     last, last_n = self._log_interval(sums, n, last, last_n)
                 for cb in cbs:
@@ -71,11 +72,13 @@ class Loop:
             st.train_seconds += time.perf_counter() - t0
             st.epoch += 1
             stop = any([cb.on_epoch_end(epoch, logs) for cb in cbs])
+            # every rank must take the same decision, or the others wait forever in the next step
+            st.stopped = bool(self.runtime.all_reduce_sum(torch.tensor(float(stop))).item() > 0)
             task.end_epoch(logs)
             self.history.append(logs)
             if self.run is not None and self.runtime.is_main:
                 self.run.log(logs)
-                if st.epoch % self.checkpoint_every == 0 or stop or st.epoch == self.epochs:
+                if st.epoch % self.checkpoint_every == 0 or st.stopped or st.epoch == self.epochs:
                     self.save()
         final: dict = {}
         for cb in cbs:
@@ -87,6 +90,7 @@ class Loop:
         if not keys:
             return {}
         values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64).reshape(()).cpu() for k in keys])
+        values = self.runtime.all_reduce_sum(values) / self.runtime.world_size  # mean over ranks' shards
         return {k: float(v) / n for k, v in zip(keys, values.tolist())}
 
     def _log_interval(self, sums: dict, n: int, last: dict, last_n: int):
@@ -100,7 +104,12 @@ class Loop:
     def _check_finite(self, logs: dict, where: str) -> None:
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            kept = f" The last good checkpoint (epoch {self.state.epoch}) is kept in {self.run.path}." if self.run else ""
+            if self.run is None:
+                kept = ""
+            elif self.saved_epoch is None:
+                kept = f" No checkpoint was written yet; {self.run.path} holds the metrics so far."
+            else:
+                kept = f" The last good checkpoint (epoch {self.saved_epoch}) is kept in {self.run.checkpoint}."
             raise NonFiniteLoss(
                 f"Training diverged at {where}: {', '.join(bad)} became {logs[bad[0]]}. "
                 f"Lower optim.lr, set train.grad_clip (e.g. 1.0), or check the data for NaN values.{kept}"
@@ -117,6 +126,7 @@ class Loop:
 
     def save(self) -> None:
         save_checkpoint(self.state_dict(), self.run.checkpoint)
+        self.saved_epoch = self.state.epoch
 
     def load_state_dict(self, state: dict) -> None:
         self.task.load_state_dict(state["task"])
@@ -124,5 +134,6 @@ class Loop:
         for cb, s in zip(self.callbacks, state["callbacks"]):
             cb.load_state_dict(s)
         set_rng_state(state["rng"])
-        if self.run is not None:
+        self.saved_epoch = self.state.epoch
+        if self.run is not None and self.runtime.is_main:
             self.run.truncate_metrics(state["metric_lines"])

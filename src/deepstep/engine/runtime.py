@@ -136,6 +136,14 @@ class Runtime:
             dist.all_reduce(t)
         return t
 
+    def broadcast(self, obj):
+        """Rank 0's `obj` (a small picklable value, e.g. the run folder) on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()

@@ -16,6 +16,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DEEPSTEP_CACHE", Path.home() / ".cache" / "deepstep"))
 
 
+def missing_message(name: str, where: Path, files: str, why: str, hint: str = "") -> str:
+    """The 'not here and not fetched' error: why, and where to put which files by hand."""
+    return (f"{name} is not on this machine and could not be fetched: {why} "
+            f"Put {files} into '{where}' or pass their folder with --set data.path=DIR.{hint}")
+
+
 def md5(path: Path) -> str:
     h = hashlib.md5()
     with open(path, "rb") as f:

@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Arrays
-from .download import cache_dir, fetch
+from .download import cache_dir, fetch, missing_message
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
          "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -66,16 +66,17 @@ def read_idx(path: Path) -> np.ndarray:
 def locate(name: str, cfg) -> Path:
     """The folder that holds all four files, downloading them if allowed."""
     src = SOURCES[name]
-    candidates = ([Path(cfg.path)] if cfg.path else []) + [Path(p) for p in src["system"]] + [cache_dir() / name]
-    for folder in candidates:
+    if cfg.path:  # the user's folder or nothing: never silently fall back to another copy
+        missing = [f for f in FILES if not (Path(cfg.path) / f).is_file()]
+        if missing:
+            raise UserError(f"data.path = '{cfg.path}' lacks {', '.join(missing)} (the IDX files of {name}).")
+        return Path(cfg.path)
+    for folder in [Path(p) for p in src["system"]] + [cache_dir() / name]:
         if all((folder / f).is_file() for f in FILES):
             return folder
-    if cfg.path:
-        missing = [f for f in FILES if not (Path(cfg.path) / f).is_file()]
-        raise UserError(f"data.path = '{cfg.path}' lacks {', '.join(missing)} (the IDX files of {name}).")
     where = cache_dir() / name
     if not cfg.download:
-        raise UserError(_missing_msg(name, where, "downloads are off (data.download = false)"))
+        raise UserError(_missing_msg(name, where, "downloads are off (data.download = false)."))
     try:
         for f, checksum in zip(FILES, src["md5"]):
             if not (where / f).is_file():
@@ -87,8 +88,7 @@ def locate(name: str, cfg) -> Path:
 
 def _missing_msg(name, where, why) -> str:
     hint = " On Debian: apt-get install dataset-fashion-mnist." if name == "fashion-mnist" else ""
-    return (f"{name} is not on this machine and could not be fetched: {why} "
-            f"Put the files {', '.join(FILES)} into '{where}' or pass their folder with --set data.path=DIR.{hint}")
+    return missing_message(name, where, f"the files {', '.join(FILES)}", why, hint)
 
 
 def load_idx(name: str, cfg) -> Arrays:

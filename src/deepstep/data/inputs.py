@@ -3,7 +3,6 @@ the run's input shape. Scaling matches training ([0, 1] images); normalization i
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -39,8 +38,10 @@ def _fit(a: np.ndarray, in_shape: tuple, source: str) -> np.ndarray:
     return a.reshape(-1, *in_shape).astype(np.float32)
 
 
-def read_inputs(paths: list[str], in_shape: tuple, kind: str) -> tuple[np.ndarray, list[str]]:
-    """Inputs for predict -> (array (N, *in_shape), a label per example)."""
+def read_inputs(paths: list[str], in_shape: tuple, kind: str,
+                label_column: str = "label") -> tuple[np.ndarray, list[str]]:
+    """Inputs for predict -> (array (N, *in_shape), a label per example). CSV files may hold the
+    training label column `label_column`; it is dropped."""
     xs, names = [], []
     for p in paths:
         path = Path(p)
@@ -61,7 +62,7 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str) -> tuple[np.ndarra
             xs.append(a)
             names += [f"{p}[{i}]" for i in range(len(a))] if len(a) > 1 else [p]
         elif suffix == ".csv":
-            rows = read_csv_rows(path, math.prod(in_shape))
+            rows = read_csv_rows(path, math.prod(in_shape), label_column)
             xs.append(_fit(rows, in_shape, p))
             names += [f"{p}:row{i + 1}" for i in range(len(rows))]
         else:
@@ -69,26 +70,13 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str) -> tuple[np.ndarra
     return np.concatenate(xs), names
 
 
-def read_csv_rows(path: Path, width: int) -> np.ndarray:
-    """Numeric CSV rows (a header line is skipped; a `label` column, if present, is dropped)."""
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise UserError(f"'{path}' is empty.")
-    header = None
-    try:
-        [float(v) for v in rows[0]]
-    except ValueError:
-        header, rows = rows[0], rows[1:]
-    drop = header.index("label") if header and "label" in header else None
-    out = []
-    for i, row in enumerate(rows, start=2 if header else 1):
-        if drop is not None:
-            row = row[:drop] + row[drop + 1:]
-        try:
-            out.append([float(v) for v in row])
-        except ValueError:
-            raise UserError(f"'{path}' line {i}: expected {width} numbers, got {row[:5]}...") from None
-        if len(out[-1]) != width:
-            raise UserError(f"'{path}' line {i}: expected {width} numbers per row, got {len(out[-1])}.")
-    return np.asarray(out, dtype=np.float32)
+def read_csv_rows(path: Path, width: int, label_column: str = "label") -> np.ndarray:
+    """Numeric CSV rows, `width` numbers each. A header line is optional; if it names
+    `label_column`, that column is dropped (a training CSV can be passed as it is)."""
+    from .files import read_table
+
+    _, x, _ = read_table(path, label_column, need_label=False, need_header=False)
+    if x.shape[1] != width:
+        raise UserError(f"'{path}': expected {width} numbers per row (the run's inputs), got {x.shape[1]} "
+                        f"columns besides the label column '{label_column}'.")
+    return x

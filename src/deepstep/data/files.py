@@ -1,0 +1,341 @@
+"""Your own data, named by `data.path`: NumPy arrays (`npz`), CSV tables (`csv`) and image folders
+(`images`). Every problem with the input — missing, empty, truncated, corrupt, wrong shape or a
+non-numeric cell — is a UserError that names the file (and line/column where there is one) and
+what was expected.
+
+Choices:
+- The kind follows the array rank: (N, C, H, W) -> image, (N, C, T) -> series, (N, F) -> table.
+  A 4-D array whose last axis is 1 or 3 (and second is not) is taken as channels-last and
+  transposed. uint8 images are scaled to [0, 1], like every built-in image set.
+- Labels: integer arrays are class indices, float arrays are regression targets, string arrays
+  (and CSV label columns holding any non-number) become class indices with their names kept
+  (sorted). CSV labels that are all whole numbers count as integers.
+- NumPy files are read with allow_pickle=False: object arrays are refused, never unpickled.
+- `data.limit` keeps the first N training rows; for image folders, which are sorted by class, it
+  keeps N files drawn with a fixed seed so that every class can appear.
+"""
+
+from __future__ import annotations
+
+import csv
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..registry import DATASETS
+from .arrays import Arrays
+
+NPZ_EXPECTED = ("a .npz file with arrays x and y (or x_train, y_train and optionally x_test, y_test; "
+                "class names optionally in classes), or a folder with x.npy and y.npy")
+CSV_EXPECTED = "a CSV file with a header line (or a folder with train.csv and optionally test.csv)"
+IMAGES_EXPECTED = "a folder with one sub-folder of images per class, optionally inside train/ and test/"
+
+
+def need_path(cfg, expected: str) -> Path:
+    """`data.path` as an existing Path, or a UserError saying what it should name."""
+    if not cfg.path:
+        raise UserError(f"data.name = '{cfg.name}' reads your files: set data.path to {expected} "
+                        f"(e.g. --set data.path=DIR).")
+    p = Path(cfg.path).expanduser()
+    if not p.exists():
+        raise UserError(f"data.path = '{p}' does not exist: expected {expected}.")
+    return p
+
+
+# --- arrays -> Arrays -----------------------------------------------------------------------
+
+def kind_of(x: np.ndarray, source: str) -> str:
+    kinds = {4: "image", 3: "series", 2: "table"}
+    if x.ndim not in kinds:
+        raise UserError(f"{source}: x has shape {x.shape}; expected (N, F) for a table, (N, C, T) for "
+                        f"series or (N, C, H, W) for images.")
+    return kinds[x.ndim]
+
+
+def _inputs(x: np.ndarray, source: str) -> tuple[np.ndarray, str]:
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"{source}: x must hold numbers, got dtype {x.dtype}.")
+    if x.ndim == 1:
+        x = x[:, None]  # one feature per example
+    kind = kind_of(x, source)
+    if kind == "image" and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise UserError(f"{source}: x holds NaN or infinite values (first in example {np.argwhere(bad)[0][0]}).")
+    return np.ascontiguousarray(x), kind
+
+
+def encode_labels(parts: list[np.ndarray], source: str) -> tuple[list[np.ndarray], list[str]]:
+    """Label arrays -> int64 class indices (integers, booleans, strings) or float32 targets."""
+    kinds = {p.dtype.kind for p in parts}
+    if kinds & {"U", "S", "O"}:
+        if "O" in kinds:
+            raise UserError(f"{source}: labels must be numbers or strings, got Python objects.")
+        text = [p.astype(str) for p in parts]
+        classes = sorted(set().union(*(set(t.ravel().tolist()) for t in text)))
+        index = {c: i for i, c in enumerate(classes)}
+        return [np.array([index[v] for v in t.ravel()], dtype=np.int64).reshape(t.shape) for t in text], classes
+    if kinds <= set("biu"):
+        return [p.astype(np.int64) for p in parts], []
+    if kinds <= set("biuf"):
+        out = [p.astype(np.float32) for p in parts]
+        if any(not np.isfinite(p).all() for p in out):
+            raise UserError(f"{source}: y holds NaN or infinite values.")
+        return out, []
+    raise UserError(f"{source}: labels must be numbers or strings, got dtype {parts[0].dtype}.")
+
+
+def make_arrays(x, y, x_test, y_test, source: str, cfg, classes=None) -> Arrays:
+    """Check shapes and types, choose the kind, apply data.limit, and build `Arrays`."""
+    x, kind = _inputs(np.asarray(x), source)
+    if len(x) == 0:
+        raise UserError(f"{source}: there are no examples (x has shape {x.shape}).")
+    if (x_test is None) != (y_test is None):
+        raise UserError(f"{source}: give both x_test and y_test, or neither.")
+    if x_test is not None:
+        x_test, test_kind = _inputs(np.asarray(x_test), source + " (test)")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise UserError(f"{source}: test examples have shape {x_test.shape[1:]}, "
+                            f"training examples {x.shape[1:]}.")
+    ys = [np.asarray(y)] + ([np.asarray(y_test)] if y_test is not None else [])
+    for arr, xx, part in zip(ys, (x, x_test), ("y", "y_test")):
+        if arr.ndim not in (1, 2) or len(arr) != len(xx):
+            raise UserError(f"{source}: {part} has shape {arr.shape}; expected ({len(xx)},) — one label "
+                            f"per example — or ({len(xx)}, K) regression targets.")
+    ys, names = encode_labels(ys, source)
+    if classes is not None and len(classes) and not names and ys[0].dtype == np.int64:
+        names = [str(c) for c in np.asarray(classes).ravel().tolist()]
+        if max(int(a.max()) for a in ys) >= len(names):
+            raise UserError(f"{source}: 'classes' names {len(names)} classes, but the labels go up to "
+                            f"{max(int(a.max()) for a in ys)}.")
+    y, y_test = ys[0], (ys[1] if len(ys) > 1 else None)
+    if cfg.limit:
+        x, y = x[: cfg.limit], y[: cfg.limit]
+    return Arrays(x_train=x, y_train=y, x_test=x_test, y_test=y_test, classes=names, kind=kind, source=source)
+
+
+# --- npz / npy ------------------------------------------------------------------------------
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"'{path}' is not a readable .npy array (truncated, corrupt or holding Python "
+                        f"objects, which are never unpickled: {e}).") from None
+
+
+def _pick(arrays: dict, source: str, expected: str) -> tuple:
+    names = sorted(arrays)
+    if "x" in arrays and "y" in arrays:
+        keys = ("x", "y", None, None)
+    elif "x_train" in arrays and "y_train" in arrays:
+        keys = ("x_train", "y_train", "x_test" if "x_test" in arrays else None, "y_test" if "y_test" in arrays else None)
+    else:
+        raise UserError(f"{source} holds the arrays {', '.join(names) or '(none)'}; expected {expected}.")
+    return tuple(arrays[k]() if k else None for k in keys) + ((arrays["classes"]() if "classes" in arrays else None),)
+
+
+@DATASETS.register("npz")
+def npz(cfg):
+    """Your NumPy arrays: data.path = a .npz with x, y (or x_train, y_train, x_test, y_test), or a folder of x.npy, y.npy."""
+    path = need_path(cfg, NPZ_EXPECTED)
+    if path.is_dir():
+        files = {p.stem: p for p in path.glob("*.npy")}
+        arrays = {k: (lambda p=p: _load_npy(p)) for k, p in files.items()}
+        parts = _pick(arrays, f"folder '{path}'", "x.npy and y.npy (or x_train.npy, y_train.npy)")
+        return make_arrays(*parts[:4], f"npy files in '{path}'", cfg, classes=parts[4])
+    broken = f"'{path}' is not a readable .npz archive (truncated, corrupt or holding Python objects, which are never unpickled"
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise UserError(f"{broken}: {e}).") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise UserError(f"'{path}' is a single array of shape {z.shape}; expected {NPZ_EXPECTED}.")
+    with z:
+        try:
+            arrays = {k: (lambda k=k: z[k]) for k in z.files}
+            parts = _pick(arrays, f"'{path}'", "arrays x and y (or x_train, y_train, and optionally x_test, y_test)")
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise UserError(f"{broken}: {e}).") from None
+    return make_arrays(*parts[:4], f"'{path}'", cfg, classes=parts[4])
+
+
+# --- CSV ------------------------------------------------------------------------------------
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def read_table(path: Path, label_column: str | None, need_label: bool = True, need_header: bool = True):
+    """Read a numeric CSV table.
+
+    Returns (feature names, features (N, F) float32, labels as strings or None). Blank lines are
+    skipped; the delimiter is the one of `, ; tab` found most often in the first line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            delim = max(",;\t", key=first.count) if first.strip() else ","
+            reader = csv.reader(f, delimiter=delim)
+            rows, lines = [], []
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except UnicodeDecodeError:
+        raise UserError(f"'{path}' is not UTF-8 text; expected a CSV file.") from None
+    except csv.Error as e:
+        raise UserError(f"'{path}' line {reader.line_num}: not valid CSV ({e}).") from None
+    except OSError as e:
+        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    if not rows:
+        raise UserError(f"'{path}' is empty; expected a CSV table with a header line and one row per example.")
+    if all(_is_number(c) for c in rows[0]):
+        if need_header:
+            raise UserError(f"'{path}' has no header line: its first line holds only numbers. Add a line "
+                            f"naming the columns, including the label column '{label_column}'.")
+        header, first_line = [f"column {i + 1}" for i in range(len(rows[0]))], 0
+    else:
+        header, first_line = [c.strip() for c in rows[0]], 1
+    rows, lines = rows[first_line:], lines[first_line:]
+    if not rows:
+        raise UserError(f"'{path}' has a header but no data rows.")
+    label = header.index(label_column) if label_column in header else None
+    if label is None and need_label:
+        raise UserError(f"'{path}' has no label column '{label_column}'. Its columns are: "
+                        f"{', '.join(repr(h) for h in header)}. Set data.label_column to one of them.")
+    for row, line in zip(rows, lines):
+        if len(row) != len(header):
+            raise UserError(f"'{path}' line {line}: {len(row)} fields, but the header names {len(header)} columns.")
+    keep = [i for i in range(len(header)) if i != label]
+    if not keep:
+        raise UserError(f"'{path}' has no feature columns, only the label column '{label_column}'.")
+    cells = np.array([[row[i] for i in keep] for row in rows], dtype=str).reshape(len(rows), len(keep))
+    try:
+        x = np.char.strip(cells).astype(np.float32)
+    except ValueError:  # find the culprit cell the slow way
+        x = np.array([[float(c) if _is_number(c) else np.nan for c in r] for r in cells], dtype=np.float32)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        value = cells[r, c].strip()
+        what = "is empty" if not value else f"holds '{value}', which is not a finite number"
+        raise UserError(f"'{path}' line {lines[r]}, column '{header[keep[c]]}' {what}. Feature columns must "
+                        f"be numeric" + (f"; only the label column '{label_column}' may hold text." if label is not None else "."))
+    labels = None
+    if label is not None:
+        labels = [row[label].strip() for row in rows]
+        for value, line in zip(labels, lines):
+            if not value:
+                raise UserError(f"'{path}' line {line}: the label column '{label_column}' is empty.")
+    return [header[i] for i in keep], x, labels
+
+
+def csv_labels(parts: list[list[str]]) -> list[np.ndarray]:
+    """CSV label strings -> int64 (whole numbers), float32 (other numbers) or string arrays."""
+    flat = [v for p in parts for v in p]
+    if all(_is_number(v) for v in flat):
+        values = [np.array([float(v) for v in p]) for p in parts]
+        if all(np.isfinite(v).all() and (v == np.round(v)).all() for v in values):
+            return [v.astype(np.int64) for v in values]
+        return [v.astype(np.float32) for v in values]
+    return [np.array(p, dtype=str) for p in parts]
+
+
+@DATASETS.register("csv")
+def csv_table(cfg):
+    """Your CSV table: numeric feature columns plus the label column data.label_column (header required)."""
+    path = need_path(cfg, CSV_EXPECTED)
+    files = [path]
+    if path.is_dir():
+        files = [path / "train.csv"] + ([path / "test.csv"] if (path / "test.csv").is_file() else [])
+        if not files[0].is_file():
+            raise UserError(f"data.path = '{path}' is a folder without train.csv; expected {CSV_EXPECTED}.")
+    tables = [read_table(f, cfg.label_column) for f in files]
+    if len(tables) > 1 and tables[1][0] != tables[0][0]:
+        raise UserError(f"'{files[1]}' has the feature columns {tables[1][0]}, but '{files[0]}' has {tables[0][0]}.")
+    ys = csv_labels([t[2] for t in tables])
+    test = (tables[1][1], ys[1]) if len(tables) > 1 else (None, None)
+    return make_arrays(tables[0][1], ys[0], *test, f"'{path}'", cfg)
+
+
+# --- image folders --------------------------------------------------------------------------
+
+def _image_files(folder: Path) -> list[Path]:
+    from .inputs import IMAGE_SUFFIXES
+
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _listing(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[int], list[str]]:
+    """(files, class indices, class names) of `folder`/<class>/<image>."""
+    dirs = _class_dirs(folder)
+    if not dirs:
+        raise UserError(f"'{folder}' has no class sub-folders; expected {IMAGES_EXPECTED}.")
+    names = classes or [d.name for d in dirs]
+    files, labels = [], []
+    for d in dirs:
+        if d.name not in names:
+            raise UserError(f"'{d}' is a class the training images lack (training classes: {', '.join(names)}).")
+        found = _image_files(d)
+        if not found and classes is None:
+            raise UserError(f"'{d}' holds no image files; expected images in every class folder.")
+        files += found
+        labels += [names.index(d.name)] * len(found)
+    if not files:
+        raise UserError(f"'{folder}' holds no image files; expected {IMAGES_EXPECTED}.")
+    return files, labels, names
+
+
+def _read_images(files: list[Path], shape: tuple) -> np.ndarray:
+    from .inputs import read_image
+
+    out = np.empty((len(files), *shape), dtype=np.float32)
+    for i, f in enumerate(files):
+        out[i] = read_image(f, shape)
+    return out
+
+
+@DATASETS.register("images")
+def image_folder(cfg):
+    """Your image folder: one sub-folder per class (optionally under train/ and test/), read with Pillow."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = need_path(cfg, IMAGES_EXPECTED)
+    if not root.is_dir():
+        raise UserError(f"data.path = '{root}' is a file; expected {IMAGES_EXPECTED}.")
+    split = (root / "train").is_dir()
+    files, labels, classes = _listing(root / "train" if split else root, None)
+    if cfg.limit and cfg.limit < len(files):
+        keep = np.sort(np.random.default_rng(0).permutation(len(files))[: cfg.limit])
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    if cfg.image_size:
+        h = w = cfg.image_size
+    else:
+        try:
+            with Image.open(files[0]) as img:
+                w, h = img.size
+        except (UnidentifiedImageError, OSError) as e:
+            raise UserError(f"'{files[0]}' is not a readable image ({e}).") from None
+    shape = (1 if cfg.grayscale else 3, h, w)
+    x = _read_images(files, shape)
+    x_test = y_test = None
+    if split and (root / "test").is_dir():
+        test_files, test_labels, _ = _listing(root / "test", classes)
+        x_test, y_test = _read_images(test_files, shape), np.array(test_labels, dtype=np.int64)
+    return Arrays(x_train=x, y_train=np.array(labels, dtype=np.int64), x_test=x_test, y_test=y_test,
+                  classes=classes, kind="image", source=f"image folder '{root}'")

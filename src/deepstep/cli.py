@@ -143,7 +143,8 @@ def cmd_predict(args) -> None:
     from .run import load_run
 
     run = load_run(args.run_dir)
-    x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"])
+    x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"],
+                           run.cfg.data.label_column)
     out = run.predict_proba(x)
     classes = run.meta["classes"]
     for name, p in zip(names, out):

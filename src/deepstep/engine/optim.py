@@ -87,8 +87,10 @@ class Optimization:
         """Backward `loss`; every `grad_accum` calls clip, step, zero grads and advance the schedule."""
         (loss / self.grad_accum if self.grad_accum > 1 else loss).backward()
         self.micro += 1
-        if self.micro < self.grad_accum:
-            return
+        if self.micro == self.grad_accum:
+            self._update()
+
+    def _update(self) -> None:
         self.micro = 0
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
@@ -98,7 +100,15 @@ class Optimization:
         if self.per_step is not None and (self.per_epoch is None or self.steps <= self.warm_steps):
             self.per_step.step()
 
-    def end_epoch(self, metric: float | None) -> None:
+    def end_epoch(self, metric: float | None = None) -> None:
+        """Apply gradients still accumulating from the epoch's last batches (as a mean over those
+        batches), so that every epoch makes ceil(steps / grad_accum) optimizer steps as the schedule
+        assumes; then step the plateau schedule with the monitored metric."""
+        if self.micro:
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.mul_(self.grad_accum / self.micro)
+            self._update()
         if self.per_epoch is not None and metric is not None:
             self.per_epoch.step(metric)
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install deepstep. torch is pinned first so that nothing pulls a CUDA build;
+# on a machine with a GPU, install the torch build you want before running this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extra="${1:-}"
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".${extra:+[$extra]}"
+# Optional offline data from Debian (Fashion-MNIST IDX files); harmless when not on Debian or not root.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded when first used"
+fi

@@ -31,9 +31,10 @@ def _numpy(a) -> np.ndarray:
 
 
 def _arrays(x, y, loss: str) -> Arrays:
-    x = _numpy(x).astype(np.float32)
+    # copy=False: arrays already of the right dtype are used as they are (training only reads them)
+    x = _numpy(x).astype(np.float32, copy=False)
     y = _numpy(y)
-    y = y.astype(np.int64) if loss == "cross_entropy" else y.astype(np.float32)
+    y = y.astype(np.int64 if loss == "cross_entropy" else np.float32, copy=False)
     kind = {4: "image", 3: "series"}.get(x.ndim, "table")
     return Arrays(x_train=x, y_train=y, kind=kind, source="arrays passed to fit")
 

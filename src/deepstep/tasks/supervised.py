@@ -3,6 +3,7 @@ and regression (MSE/L1/Huber; RMSE, MAE). The step is one forward/backward on a 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -42,7 +43,8 @@ class Supervised:
         x_train = parts["train"][0]
         self.norm = (Normalizer.fit(x_train, arrays.kind) if cfg.data.normalize
                      else Normalizer.identity(x_train, arrays.kind))
-        self.data = {k: TensorData(self.norm(v[0]), v[1], runtime.device) for k, v in parts.items() if v is not None}
+        self.data = {k: TensorData(self._normalized(v[0]), v[1], runtime.device)
+                     for k, v in parts.items() if v is not None}
         y = arrays.y_train
         if self.classify:
             n_out = max(len(arrays.classes), int(y.max()) + 1)
@@ -64,6 +66,12 @@ class Supervised:
                      "num_outputs": n_out, "kind": arrays.kind, "normalizer": self.norm.to_dict(),
                      "source": arrays.source, "sizes": {k: len(v) for k, v in self.data.items()}}
         self.has_val = "val" in self.data
+
+    def _normalized(self, x: np.ndarray) -> np.ndarray:
+        # the identity on writable float32 inputs would only copy them (a second for Fashion-MNIST)
+        if not self.cfg.data.normalize and x.dtype == np.float32 and x.flags.writeable:
+            return x
+        return self.norm(x)
 
     # --- the loop's protocol -------------------------------------------------------------
     def modules(self) -> dict:

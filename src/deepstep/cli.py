@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="evaluate a finished run's weights on its validation and test splits")
     s.add_argument("run_dir")
+    s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
     s = sub.add_parser("predict", help="classify inputs (images, .npy arrays, CSV rows) with a finished run")
     s.add_argument("run_dir")
@@ -59,11 +60,11 @@ def cmd_list(args) -> None:
     from .config import read_toml
     from .registry import DATASETS, MODELS, TASKS, recipe_paths
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # piped: full names for grep
     if args.what in (None, "recipes"):
         t = Table(title="recipes  (deepstep train NAME)")
         for col in ("name", "task", "data", "model", "target", "description"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col != "description")
         for name, path in sorted(recipe_paths().items()):
             d = read_toml(path)
             target = ", ".join(f"{k} >= {v}" for k, v in d.get("expect", {}).items())
@@ -73,7 +74,7 @@ def cmd_list(args) -> None:
     for what, reg, title in (("models", MODELS, "models"), ("data", DATASETS, "data sets"), ("tasks", TASKS, "tasks")):
         if args.what in (None, what):
             t = Table(title=title)
-            t.add_column("name")
+            t.add_column("name", no_wrap=True)
             t.add_column("description")
             for name in reg.names():
                 t.add_row(name, reg.about(name))
@@ -133,6 +134,9 @@ def cmd_eval(args) -> None:
     from .run import evaluate_run
 
     m = evaluate_run(args.run_dir)
+    if args.json:
+        print(json.dumps(m))
+        return
     print("  ".join(f"{k} {v:.4f}" for k, v in m.items()))
 
 

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
 import os
+import pstats
 import statistics
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import deepstep
 from deepstep.config import DataConfig
@@ -73,6 +76,34 @@ def max_weight_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max((p - q).abs().max().item() for p, q in zip(a.parameters(), b.parameters()))
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operators dispatched (forward, backward and optimizer alike)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        return func(*args, **(kwargs or {}))
+
+
+def per_step_work(fn, base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 8) -> tuple:
+    """(ATen operators, Python function calls) per training step: counted on one epoch of
+    `steps` batches and one of 2 * `steps`, so that fixed set-up cost cancels out. Unlike seconds,
+    these counts do not depend on what else the machine is doing."""
+    counts = []
+    for n in (steps * 64, 2 * steps * 64):
+        with _OpCounter() as c:
+            fn(copy.deepcopy(base), x[:n], y[:n])
+        prof = cProfile.Profile()
+        prof.enable()
+        fn(copy.deepcopy(base), x[:n], y[:n])
+        prof.disable()
+        counts.append((c.ops, pstats.Stats(prof).total_calls))
+    return tuple((b - a) / steps for a, b in zip(*counts))
+
+
 def bench_model(key: str, x_all: torch.Tensor, y_all: torch.Tensor, rounds: int, limit: int) -> dict:
     name, default_limit = MODELS[key]
     n = min(limit or default_limit, len(y_all))
@@ -83,6 +114,7 @@ def bench_model(key: str, x_all: torch.Tensor, y_all: torch.Tensor, rounds: int,
     warm = min(n, 1024)
     plain_fit(copy.deepcopy(base), x[:warm], y[:warm])
     deepstep_fit(copy.deepcopy(base), x[:warm], y[:warm])
+    work = {who: per_step_work(fn, base, x_all, y_all) for who, fn in (("plain", plain_fit), ("deepstep", deepstep_fit))}
     times = {"plain": [], "deepstep": []}
     cpu = {"plain": [], "deepstep": []}
     logs = {}
@@ -106,7 +138,7 @@ def bench_model(key: str, x_all: torch.Tensor, y_all: torch.Tensor, rounds: int,
     return {"model": key, "n": n, "plain": plain, "deepstep": ds, "ratio": ds / plain, "diff": diff,
             "cpu_plain": statistics.median(cpu["plain"]), "cpu_deepstep": statistics.median(cpu["deepstep"]),
             "cpu_ratio": cpu_ratio, "min_ratio": min(times["deepstep"]) / min(times["plain"]),
-            "ratios": [d / p for p, d in zip(times["plain"], times["deepstep"])], "logs": logs}
+            "ratios": [d / p for p, d in zip(times["plain"], times["deepstep"])], "logs": logs, "work": work}
 
 
 def _load() -> str:
@@ -154,6 +186,11 @@ def main(argv=None) -> None:
           " disturbs less with --threads 1; max |dw|: largest weight difference after round 1, 0 when both\n"
           " did exactly the same steps (models with dropout draw different masks, so it is not 0 for them))")
     print(f"at the end: {_load()}")
+    print("\nwork per training step (deterministic):")
+    for r in results:
+        (po, pc), (do, dc) = r["work"]["plain"], r["work"]["deepstep"]
+        print(f"  {r['model']}: ATen operators plain {po:.0f}, deepstep {do:.0f}; "
+              f"Python calls plain {pc:.0f}, deepstep {dc:.0f}")
     print()
     for r in results:
         verdict = "within" if r["ratio"] <= 1.05 else "ABOVE"

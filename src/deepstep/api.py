@@ -12,6 +12,7 @@ from .config import DataConfig, OptimConfig, RunConfig, SchedConfig, TrainConfig
 from .data.arrays import Arrays
 from .engine.loop import Loop
 from .engine.runtime import Runtime
+from .errors import UserError
 from .run import _callbacks
 from .tasks.supervised import Supervised, loss_fn, metrics
 
@@ -34,6 +35,9 @@ def _arrays(x, y, loss: str) -> Arrays:
     # copy=False: arrays already of the right dtype are used as they are (training only reads them)
     x = _numpy(x).astype(np.float32, copy=False)
     y = _numpy(y)
+    if loss == "cross_entropy" and y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0):
+        raise UserError("fit: loss='cross_entropy' needs integer class labels as y, but y holds "
+                        "non-integer values. For real-valued targets use loss='mse', 'l1' or 'huber'.")
     y = y.astype(np.int64 if loss == "cross_entropy" else np.float32, copy=False)
     kind = {4: "image", 3: "series"}.get(x.ndim, "table")
     return Arrays(x_train=x, y_train=y, kind=kind, source="arrays passed to fit")
@@ -71,6 +75,9 @@ def fit(model: torch.nn.Module, data, *, epochs: int, batch_size: int = 64, opti
         >>> deepstep.evaluate(net, (x, y))["accuracy"] > 0.9
         True
     """
+    if early_stopping and not validation_split:
+        raise UserError(f"fit: early_stopping={early_stopping} watches the validation loss, so it needs "
+                        "validation_split > 0 (e.g. validation_split=0.2).")
     cfg = RunConfig(
         task="classify" if loss == "cross_entropy" else "regress",
         data=DataConfig(name="arrays", val_split=validation_split, test_split=0.0, normalize=False),

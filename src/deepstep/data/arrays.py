@@ -9,18 +9,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from ..errors import UserError
 
-KINDS = ("image", "table", "series")
+KINDS = ("image", "table", "series", "text")
 
 
 @dataclass
 class Arrays:
     """A data set as loaders return it.
 
-    x arrays are float32: images (N, C, H, W) scaled to [0, 1]; tables (N, F); series (N, C, T).
+    x arrays are float32: images (N, C, H, W) scaled to [0, 1]; tables (N, F); series (N, C, T);
+    or, for kind "text", object arrays of raw strings (N,) that the task tokenizes after the split.
     y arrays are int64 class indices (classification) or float32 targets (regression).
     """
 
@@ -81,6 +81,8 @@ def split(arrays: Arrays, val_split: float, test_split: float, seed: int, strati
     """Hold out test (if the data set has none) and validation parts, fixed by `seed`.
 
     Returns {'train': (x, y), 'val': (x, y) or None, 'test': (x, y) or None}."""
+    from sklearn.model_selection import train_test_split  # imported here: 2 s of CLI start-up
+
     x, y = arrays.x_train, arrays.y_train
     strat = y if stratify and y.dtype.kind in "iu" else None
 

@@ -76,6 +76,7 @@ def finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Two runs are killed with SIGKILL: one after a few checkpoints, one before its first. Both
     resume to the result of an uninterrupted run. (The reference and one resume run in this
@@ -110,6 +111,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
             assert a == pytest.approx(b, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_diverging_run_exits_2_and_keeps_last_good_checkpoint(tmp_path, run_cli):
     # the step schedule multiplies the rate by 1e30 after 2 epochs: epoch 3 diverges
     p = run_cli("train", "digits-mlp", "--set", "train.epochs=4", "--set", "model.hidden=[32]",

@@ -29,6 +29,13 @@ def create_model(name: str, *args, **kwargs) -> nn.Module:
     return MODELS.get(name)(*args, **kwargs)
 
 
+def text_models() -> list[str]:
+    """Models that read token ids: their factories take `vocab_size` from the data (models/rnn.py)."""
+    import inspect
+
+    return [n for n in MODELS.names() if "vocab_size" in inspect.signature(MODELS.get(n)).parameters]
+
+
 def _expects(module: nn.Module) -> str:
     if isinstance(module, nn.Linear):
         return f"an input whose last dimension is {module.in_features}"
@@ -46,6 +53,8 @@ def check_fits(model: nn.Module, sample: torch.Tensor, data_name: str) -> torch.
     hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: entered.append(
         (n, mod, tuple(inp[0].shape) if inp and torch.is_tensor(inp[0]) else ())))
         for n, m in model.named_modules() if n and not list(m.children())]
+    was_training = model.training
+    model.eval()  # no dropout draws, no batch-norm statistics from this probe
     try:
         with torch.no_grad():
             return model(sample)
@@ -59,5 +68,6 @@ def check_fits(model: nn.Module, sample: torch.Tensor, data_name: str) -> torch.
             f"{shape}. ({str(e).splitlines()[0]})"
         ) from None
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()

@@ -1,0 +1,145 @@
+"""Recurrent sequence models (CURRICULUM rows 8-10): torch's fused `nn.RNN`, `nn.LSTM` and `nn.GRU`
+(Elman 1990; Hochreiter & Schmidhuber 1997; Cho et al. 2014) with a readout and a linear/MLP head.
+No Python loop over time steps: the whole sequence goes through one cuDNN/oneDNN kernel.
+
+Inputs — one model reads either kind, decided by the data:
+- float series (B, C, T), channels first as every deepstep series loader returns them (MNIST-1D,
+  forecasting windows); transposed to (B, T, C) inside. `in_shape` = (C, T).
+- integer token ids (B, T) for text, right-padded with 0 (`<pad>`); `in_shape` = (T,).
+
+How the vocabulary size reaches the factory: the registry rule is "positional arguments come from
+the data, keyword-only arguments are the typed config". The vocabulary is data (it is built from the
+training split), so every sequence factory takes it as a third positional argument,
+`vocab_size=0` meaning "not text"; the supervised task passes it for data of kind "text" and stores
+it in the run's meta.json, and `load_run` passes it back. It never appears in a recipe's [model].
+
+Variable length (tokens): lengths are the number of non-zero ids per row; the embedded batch is
+packed (`pack_padded_sequence`), so padding never enters the recurrence — also not in the backward
+direction of a bidirectional net — and `h_n` is each sequence's state at its own last token.
+Packing needs the lengths on the host: one small device->host copy per batch.
+
+Readouts: "last" (final hidden state of the top layer, both directions concatenated), "mean" or
+"max" over the valid time steps of the top layer's outputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..errors import UserError, unknown
+from ..registry import MODELS
+from .layers import activation as act
+
+READOUTS = ("last", "mean", "max")
+CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def step_features(in_shape, vocab_size: int, model: str) -> int | None:
+    """Features per time step for series (C, T) -> C; None for token ids (T,). Else a UserError."""
+    if vocab_size:
+        if len(in_shape) != 1:
+            raise UserError(f"Model '{model}' reads token ids of shape (T,), but the text data has shape "
+                            f"{tuple(in_shape)}.")
+        return None
+    if len(in_shape) != 2:
+        raise UserError(f"Model '{model}' reads series (C, T) or token ids (text), but the data has shape "
+                        f"{tuple(in_shape)}. Use 'mlp' or 'convnet' for tables and images.")
+    return in_shape[0]
+
+
+def head(in_features: int, hidden: list[int], num_classes: int, activation: str, dropout: float) -> nn.Sequential:
+    """[Dropout] -> (Linear -> act -> [Dropout]) per hidden width -> Linear."""
+    layers: list[nn.Module] = [nn.Dropout(dropout)] if dropout else []
+    for h in hidden:
+        layers += [nn.Linear(in_features, h), act(activation)] + ([nn.Dropout(dropout)] if dropout else [])
+        in_features = h
+    return nn.Sequential(*layers, nn.Linear(in_features, num_classes))
+
+
+class RecurrentNet(nn.Module):
+    """[Embedding] -> nn.RNN/LSTM/GRU (batch_first) -> readout -> head."""
+
+    def __init__(self, cell: str, in_features: int | None, vocab_size: int, num_classes: int, *,
+                 hidden_size: int, layers: int, bidirectional: bool, dropout: float, readout: str,
+                 embed_dim: int, head_hidden: list[int], activation: str, **cell_kw):
+        super().__init__()
+        if readout not in READOUTS:
+            raise unknown("readout", readout, READOUTS)
+        if hidden_size < 1 or layers < 1:
+            raise UserError(f"model.hidden_size = {hidden_size} and model.layers = {layers} must be at least 1.")
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"model.dropout = {dropout} must be in [0, 1).")
+        self.readout, self.is_lstm = readout, cell == "lstm"
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=0) if vocab_size else None
+        self.drop = nn.Dropout(dropout)
+        self.rnn = CELLS[cell](embed_dim if vocab_size else in_features, hidden_size, num_layers=layers,
+                               batch_first=True, bidirectional=bidirectional,
+                               dropout=dropout if layers > 1 else 0.0, **cell_kw)
+        self.dirs = 2 if bidirectional else 1
+        self.head = head(self.dirs * hidden_size, list(head_hidden), num_classes, activation, dropout)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Sequence features (B, dirs * hidden_size) after the readout."""
+        lengths = None
+        if self.embed is None:  # (B, C, T) series
+            out, state = self.rnn(x.transpose(1, 2))  # out (B, T, dirs*H)
+        else:  # (B, T) token ids, 0 = padding
+            # an empty text still runs one (padding) step, so every row has a state
+            lengths = (x != 0).sum(1).clamp(min=1)
+            packed = pack_padded_sequence(self.drop(self.embed(x)), lengths.cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            out, state = self.rnn(packed)
+        if self.readout == "last":
+            h_n = state[0] if self.is_lstm else state  # (layers*dirs, B, H)
+            return h_n[-self.dirs:].transpose(0, 1).reshape(h_n.shape[1], -1)  # top layer, (B, dirs*H)
+        if lengths is None:
+            return out.mean(1) if self.readout == "mean" else out.amax(1)
+        out, _ = pad_packed_sequence(out, batch_first=True)  # (B, T_max, dirs*H), zeros past each length
+        if self.readout == "mean":
+            return out.sum(1) / lengths[:, None].to(out.dtype)
+        valid = torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None].to(out.device)
+        return out.masked_fill(~valid[..., None], float("-inf")).amax(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) or (B, T) ids -> (B, classes)
+        return self.head(self.encode(x))
+
+
+def _build(cell: str, name: str, in_shape, num_classes, vocab_size, **kw) -> RecurrentNet:
+    return RecurrentNet(cell, step_features(in_shape, vocab_size, name), vocab_size, num_classes, **kw)
+
+
+@MODELS.register("rnn")
+def rnn(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
+        bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
+        head_hidden: list[int] = (), activation: str = "relu", nonlinearity: str = "tanh") -> RecurrentNet:
+    """Elman RNN (fused nn.RNN): hidden_size, layers, bidirectional, dropout, readout last|mean|max,
+    embed_dim (text), head_hidden widths with activation, nonlinearity tanh|relu."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise unknown("RNN nonlinearity", nonlinearity, ("tanh", "relu"))
+    return _build("rnn", "rnn", in_shape, num_classes, vocab_size, hidden_size=hidden_size, layers=layers,
+                  bidirectional=bidirectional, dropout=dropout, readout=readout, embed_dim=embed_dim,
+                  head_hidden=head_hidden, activation=activation, nonlinearity=nonlinearity)
+
+
+@MODELS.register("lstm")
+def lstm(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
+         bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
+         head_hidden: list[int] = (), activation: str = "relu") -> RecurrentNet:
+    """LSTM (fused nn.LSTM): hidden_size, layers, bidirectional, dropout, readout last|mean|max,
+    embed_dim (text), head_hidden widths with activation."""
+    return _build("lstm", "lstm", in_shape, num_classes, vocab_size, hidden_size=hidden_size, layers=layers,
+                  bidirectional=bidirectional, dropout=dropout, readout=readout, embed_dim=embed_dim,
+                  head_hidden=head_hidden, activation=activation)
+
+
+@MODELS.register("gru")
+def gru(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
+        bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
+        head_hidden: list[int] = (), activation: str = "relu") -> RecurrentNet:
+    """GRU (fused nn.GRU): hidden_size, layers, bidirectional, dropout, readout last|mean|max,
+    embed_dim (text), head_hidden widths with activation."""
+    return _build("gru", "gru", in_shape, num_classes, vocab_size, hidden_size=hidden_size, layers=layers,
+                  bidirectional=bidirectional, dropout=dropout, readout=readout, embed_dim=embed_dim,
+                  head_hidden=head_hidden, activation=activation)

@@ -132,8 +132,12 @@ class Runtime:
         return model
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum over processes; the tensor may live anywhere (NCCL needs it on the GPU)."""
         if self.distributed:
+            home = t.device
+            t = t.to(self.device)
             dist.all_reduce(t)
+            t = t.to(home)
         return t
 
     def broadcast(self, obj):

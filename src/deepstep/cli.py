@@ -115,12 +115,14 @@ def cmd_train(args) -> None:
 
 def _report(result) -> None:
     s = result.summary
-    keys = [k for k in s if k.startswith("test/")]
+    keys = [k for k in s if k.startswith(("test/", "baseline/"))]
+    keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning
     print(f"\nrun directory: {result.run_dir}")
     print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
     for key, e in s["expect"].items():
         verdict = "met" if e["met"] else "NOT met"
-        print(f"  target {key} {e['target']}: {verdict}")
+        bar = f" ({e['target_value']:.4g})" if e.get("target_value") is not None else ""
+        print(f"  target {key} {e['target']}{bar}: {verdict}")
     print(f"  {s['epochs']} epochs, {s['train_seconds']:.1f} s training, {s['samples_per_second']:.0f} samples/s on {s['device']}")
 
 
@@ -147,11 +149,19 @@ def cmd_predict(args) -> None:
     from .run import load_run
 
     run = load_run(args.run_dir)
-    x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"],
-                           run.cfg.data.label_column)
+    labels = None
+    if run.meta["kind"] == "text":  # raw strings, .txt files, or CSV/JSONL rows
+        from .data.text import read_texts
+
+        x, names, labels = read_texts(args.inputs, run.cfg.data, run.meta["classes"])
+    else:
+        x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"],
+                               run.cfg.data.label_column)
     out = run.predict_proba(x)
     classes = run.meta["classes"]
-    for name, p in zip(names, out):
+    for j, (name, p) in enumerate(zip(names, out)):
+        if labels and labels[j] is not None:
+            name = f"{name} [label {labels[j]}]"
         if not classes:
             values = [round(float(v), 6) for v in np.atleast_1d(p)]
             print(json.dumps({"input": name, "output": values}) if args.json else f"{name}: {values}")

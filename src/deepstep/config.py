@@ -38,12 +38,24 @@ class DataConfig:
     limit: int = opt(0, "use only the first N training examples (0: all)")
     download: bool = opt(True, "download missing files from the official mirror into the cache")
     augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
+    text_column: str = opt("text", "CSV/JSONL text data: name of the column holding the text")
+    topics: list[str] = opt([], "fortunes: topic files to classify (empty: startrek, linux, definitions, zippy, songs-poems)")
+    tokenizer: str = opt("word", "text: 'word' (vocabulary from the training split) or 'char'")
+    lowercase: bool = opt(True, "text: lower-case before tokenizing")
+    min_freq: int = opt(2, "text: keep tokens seen at least this often in the training split (others: <unk>)")
+    max_vocab: int = opt(20000, "text: keep at most this many most frequent tokens (0: no limit)")
+    max_length: int = opt(256, "text: truncate to this many tokens and pad shorter texts (0: longest training text)")
 
     def __post_init__(self):
         for name in ("val_split", "test_split"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise UserError(f"data.{name} = {v} is out of range: expected a fraction in [0, 1).")
+        if self.tokenizer not in ("word", "char"):
+            raise unknown("tokenizer", self.tokenizer, ("word", "char"))
+        for name in ("min_freq", "max_vocab", "max_length"):
+            if getattr(self, name) < (1 if name == "min_freq" else 0):
+                raise UserError(f"data.{name} = {getattr(self, name)} must be at least {1 if name == 'min_freq' else 0}.")
         allowed = {"", "flip", "shift", "flip+shift", "shift+flip"}
         if self.augment not in allowed:
             raise UserError(

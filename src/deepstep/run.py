@@ -12,6 +12,7 @@ import torch
 
 from .config import RunConfig, read_toml
 from .data.arrays import Normalizer
+from .data.tokenize import TOKENIZER_FILE, Tokenizer
 from .engine.callbacks import BestWeights, Progress
 from .engine.checkpoint import load_checkpoint, load_state, load_weights, save_weights
 from .engine.loop import Loop
@@ -79,6 +80,8 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
     task.train(False)
     for split in ("val", "test"):
         final.update(task.evaluate(split))
+    if hasattr(task, "extras"):  # optional: baselines on the same test split, plots into the run directory
+        final.update(task.extras(run.path if runtime.is_main else None))
     st = loop.state
     summary = {
         **final,
@@ -127,18 +130,24 @@ def resume(run_dir: Path | str, verbose: int = 1) -> Result:
 
 @dataclass
 class LoadedRun:
-    """A finished run, ready for predictions: its config, meta, model (eval mode) and normalizer."""
+    """A finished run, ready for predictions: its config, meta, model (eval mode), normalizer and,
+    for text runs, the tokenizer saved at training time."""
 
     path: Path
     cfg: RunConfig
     meta: dict
     model: torch.nn.Module
     normalizer: Normalizer
+    tokenizer: Tokenizer | None = None
 
     @torch.inference_mode()
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities (classification) or outputs (regression) for raw inputs (N, *in_shape)."""
-        t = self.normalizer(torch.as_tensor(x, dtype=torch.float32))
+    def predict_proba(self, x) -> np.ndarray:
+        """Class probabilities (classification) or outputs (regression) for raw inputs (N, *in_shape),
+        or for a list of strings when the run is a text run."""
+        if self.tokenizer is not None:
+            t = torch.as_tensor(self.tokenizer.encode(list(x)))
+        else:
+            t = self.normalizer(torch.as_tensor(x, dtype=torch.float32))
         out = self.model(t)
         return (out.softmax(-1) if self.meta["loss"] == "cross_entropy" else out).numpy()
 
@@ -148,13 +157,18 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     run = RunDir.open(run_dir)
     cfg = RunConfig.from_dict(read_toml(run.config), where=str(run.config))
     meta = run.read_json(run.meta)
-    model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"],
+    vocab = (meta["vocab_size"],) if "vocab_size" in meta else ()  # text: the factory's third data argument
+    model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"], *vocab,
                          **{k: v for k, v in cfg.model.items() if k != "name"})
     tensors = load_weights(run.weights)
     load_state(model, {k.removeprefix("model."): v for k, v in tensors.items()}, str(run.weights))
     model.eval()
     n = meta["normalizer"]
-    return LoadedRun(run.path, cfg, meta, model, Normalizer(n["mean"], n["std"], n["kind"]))
+    tokenizer = None
+    if meta.get("kind") == "text":
+        f = run.path / TOKENIZER_FILE
+        tokenizer = Tokenizer.from_dict(run.read_json(f), str(f))
+    return LoadedRun(run.path, cfg, meta, model, Normalizer(n["mean"], n["std"], n["kind"]), tokenizer)
 
 
 def evaluate_run(run_dir: Path | str) -> dict:

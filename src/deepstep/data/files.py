@@ -251,16 +251,38 @@ def csv_labels(parts: list[list[str]]) -> list[np.ndarray]:
     return [np.array(p, dtype=str) for p in parts]
 
 
+def _header(path: Path) -> list[str]:
+    """The column names in the first line of a CSV file ([] if unreadable: read_table explains)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+    except (OSError, UnicodeDecodeError):
+        return []
+    delim = max(",;\t", key=first.count) if first.strip() else ","
+    return [c.strip() for c in next(csv.reader([first], delimiter=delim), [])]
+
+
 @DATASETS.register("csv")
 def csv_table(cfg):
-    """Your CSV table: numeric feature columns plus the label column data.label_column (header required)."""
+    """Your CSV table: numeric feature columns plus data.label_column; or texts when the header has data.text_column."""
     path = need_path(cfg, CSV_EXPECTED)
     files = [path]
     if path.is_dir():
         files = [path / "train.csv"] + ([path / "test.csv"] if (path / "test.csv").is_file() else [])
         if not files[0].is_file():
             raise UserError(f"data.path = '{path}' is a folder without train.csv; expected {CSV_EXPECTED}.")
-    tables = [read_table(f, cfg.label_column) for f in files]
+    header = _header(files[0])
+    if cfg.text_column in header:  # text classification (data/text.py)
+        from .text import text_table
+
+        return text_table(cfg, ".csv")
+    try:
+        tables = [read_table(f, cfg.label_column) for f in files]
+    except UserError as e:
+        if "not a finite number" not in str(e):
+            raise
+        raise UserError(f"{e} If this is text data, set data.text_column to the column holding the text "
+                        f"(now '{cfg.text_column}', which '{files[0]}' lacks).") from None
     if len(tables) > 1 and tables[1][0] != tables[0][0]:
         raise UserError(f"'{files[1]}' has the feature columns {tables[1][0]}, but '{files[0]}' has {tables[0][0]}.")
     ys = csv_labels([t[2] for t in tables])

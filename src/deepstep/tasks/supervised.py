@@ -1,18 +1,28 @@
 """Supervised learning on in-memory arrays: classification (cross-entropy; accuracy, macro-F1)
-and regression (MSE/L1/Huber; RMSE, MAE). The step is one forward/backward on a batch."""
+and regression (MSE/L1/Huber; RMSE, MAE). The step is one forward/backward on a batch.
+
+Text (data kind "text"): after the split, a tokenizer is built on the training texts only and
+every part becomes int64 ids (N, T) — no normalization; the model gets the vocabulary size as its
+third positional argument (models/rnn.py). `extras` then saves the tokenizer (tokenizer.json) and
+scores a TF-IDF + logistic-regression baseline on the same split (tasks/baselines.py)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.arrays import Arrays, Normalizer, TensorData, augment_images, split
+from ..data.tokenize import TOKENIZER_FILE, Tokenizer
 from ..engine.callbacks import monitor_mode
+from ..engine.checkpoint import atomic_write
 from ..engine.optim import Optimization
 from ..engine.runtime import unwrap
 from ..errors import UserError
-from ..models.layers import check_fits, create_model
+from ..models.layers import check_fits, create_model, text_models
 from ..registry import DATASETS, TASKS
 
 LOSSES = ("cross_entropy", "mse", "l1", "huber")
@@ -40,9 +50,17 @@ class Supervised:
             raise UserError(f"{arrays.source}: classification needs integer class labels, got {arrays.y_train.dtype}.")
         parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,
                       need_test=not given)
+        self.tokenizer, self.texts = None, {}
+        if arrays.kind == "text":
+            self.texts = {k: v for k, v in parts.items() if v is not None}  # raw, for the baseline
+            self.tokenizer = Tokenizer.from_config(parts["train"][0], cfg.data)
+            parts = {k: v and (self.tokenizer.encode(v[0]), v[1]) for k, v in parts.items()}
         x_train = parts["train"][0]
-        self.norm = (Normalizer.fit(x_train, arrays.kind) if cfg.data.normalize
-                     else Normalizer.identity(x_train, arrays.kind))
+        if arrays.kind == "text":
+            self.norm = Normalizer([], [], "text")  # token ids are not scaled
+        else:
+            self.norm = (Normalizer.fit(x_train, arrays.kind) if cfg.data.normalize
+                         else Normalizer.identity(x_train, arrays.kind))
         self.data = {k: TensorData(self._normalized(v[0]), v[1], runtime.device)
                      for k, v in parts.items() if v is not None}
         y = arrays.y_train
@@ -53,8 +71,12 @@ class Supervised:
             n_out, classes = (1 if y.ndim == 1 else y.shape[1]), []
         in_shape = tuple(x_train.shape[1:])
         name = cfg.model["name"]
+        data_args = (in_shape, n_out) + ((self.tokenizer.vocab_size,) if self.tokenizer else ())
         if model is None:
-            model = create_model(name, in_shape, n_out, **{k: v for k, v in cfg.model.items() if k != "name"})
+            if self.tokenizer and name not in text_models():
+                raise UserError(f"Model '{name}' reads numbers, not token ids; for text data "
+                                f"({arrays.source}) use one of: {', '.join(text_models())}.")
+            model = create_model(name, *data_args, **{k: v for k, v in cfg.model.items() if k != "name"})
         check_fits(model, self.data["train"].x[:2].cpu(), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
@@ -65,11 +87,13 @@ class Supervised:
         self.meta = {"task": cfg.task, "loss": loss, "classes": classes, "in_shape": list(in_shape),
                      "num_outputs": n_out, "kind": arrays.kind, "normalizer": self.norm.to_dict(),
                      "source": arrays.source, "sizes": {k: len(v) for k, v in self.data.items()}}
+        if self.tokenizer:
+            self.meta["vocab_size"] = self.tokenizer.vocab_size
         self.has_val = "val" in self.data
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
         # the identity on writable float32 inputs would only copy them (a second for Fashion-MNIST)
-        if not self.cfg.data.normalize and x.dtype == np.float32 and x.flags.writeable:
+        if self.norm.kind == "text" or (not self.cfg.data.normalize and x.dtype == np.float32 and x.flags.writeable):
             return x
         return self.norm(x)
 
@@ -125,6 +149,25 @@ class Supervised:
         self.model.train(was)
         return metrics(out, d.y, self.loss(out, d.y, "sum").item() / len(d), self.classify, split,
                        self.meta["num_outputs"])
+
+    def extras(self, path=None) -> dict:
+        """Text runs: save the tokenizer into the run directory `path` and score the TF-IDF +
+        logistic-regression baseline on the same training and test parts."""
+        if self.tokenizer is None:
+            return {}
+        if path is not None:
+            atomic_write(Path(path) / TOKENIZER_FILE, json.dumps(self.tokenizer.to_dict()).encode())
+        if not self.classify or "test" not in self.texts:
+            return {}
+        from .baselines import tfidf_logreg
+
+        (x, y), (xt, yt) = self.texts["train"], self.texts["test"]
+        val = self.texts.get("val")
+        pred = tfidf_logreg(list(x), y, list(xt), val=val and (list(val[0]), val[1]),
+                            lowercase=self.cfg.data.lowercase, seed=self.cfg.train.seed)
+        n = self.meta["num_outputs"]
+        m = metrics(F.one_hot(torch.as_tensor(pred), n).float(), torch.as_tensor(yt), 0.0, True, "baseline", n)
+        return {"baseline/tfidf_acc": m["baseline/acc"], "baseline/tfidf_macro_f1": m["baseline/macro_f1"]}
 
     def state_dict(self) -> dict:
         return {"model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict()}

@@ -1,0 +1,367 @@
+"""Text data sets for classification: the offline `fortunes` topics, IMDB in its `aclImdb` layout,
+and your own CSV/JSONL files with a text and a label column; plus reading raw texts for
+`deepstep predict`.
+
+Loaders return `Arrays` of kind "text" whose x arrays hold the raw strings (object arrays). The
+supervised task splits them, builds the tokenizer on the training part only and encodes every
+part to int64 ids (data/tokenize.py, tasks/supervised.py).
+
+- fortunes: the Debian package `fortunes` (/usr/share/games/fortunes/): one file per topic, entries
+  separated by lines holding only '%'. Backspace over-striking (`_\\bX`, underlined text in a few
+  files) is removed. No test split of its own: the task holds out a stratified part fixed by the
+  seed (data.test_split).
+- imdb: `aclImdb/{train,test}/{pos,neg}/*.txt` (Maas et al. 2011; 25,000 + 25,000 reviews); `train/unsup`
+  is ignored. data.path names that folder, its parent or the archive; otherwise the cache, then
+  the official archive (MD5-checked) unless data.download = false. Extraction writes only the
+  review files, by validated names (no path traversal, no links).
+- csv / jsonl: data.path = a file, or a folder with train.csv|jsonl and optionally test.csv|jsonl;
+  columns data.text_column and data.label_column. `data.name=csv` reads text whenever the header
+  holds data.text_column and numeric tables otherwise (data/files.py).
+
+Every problem with the input — an empty file or entry, a missing column, a label in the test file
+that training never saw — is a UserError naming the file (and line where there is one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..registry import DATASETS
+from .arrays import Arrays
+from .download import cache_dir, fetch, missing_message
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+FORTUNE_TOPICS = ["startrek", "linux", "definitions", "zippy", "songs-poems"]
+OVERSTRIKE = re.compile(r".\x08")
+
+IMDB = {"folder": "aclImdb", "archive": "aclImdb_v1.tar.gz", "md5": "7c2ac02c03563afcf9b574c7e56c153a",
+        "mirrors": ["https://ai.stanford.edu/~amaas/data/sentiment/"]}
+IMDB_CLASSES = ["neg", "pos"]
+IMDB_MEMBER = re.compile(r"(?:\./)?aclImdb/(train|test)/(neg|pos)/([0-9]+_[0-9]+\.txt)")
+TABLE_EXPECTED = ("a .csv or .jsonl file with a text and a label column (or a folder with train.csv|jsonl "
+                  "and optionally test.csv|jsonl)")
+
+
+def text_arrays(texts, labels, test_texts, test_labels, classes, source: str, cfg) -> Arrays:
+    """Build kind-"text" Arrays; `data.limit` keeps N training texts drawn with a fixed seed (the
+    files are ordered by class, so the first N would be one class)."""
+    x, y = np.array(texts, dtype=object), np.asarray(labels)
+    if cfg.limit and cfg.limit < len(x):
+        keep = np.sort(np.random.default_rng(0).permutation(len(x))[: cfg.limit])
+        x, y = x[keep], y[keep]
+    xt = None if test_texts is None else np.array(test_texts, dtype=object)
+    yt = None if test_labels is None else np.asarray(test_labels)
+    return Arrays(x_train=x, y_train=y, x_test=xt, y_test=yt, classes=list(classes), kind="text", source=source)
+
+
+# --- fortunes -------------------------------------------------------------------------------
+
+def read_fortunes(path: Path) -> list[str]:
+    """Entries of one fortune file (separated by lines holding only '%'), over-striking removed."""
+    try:
+        raw = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    raw = OVERSTRIKE.sub("", raw)
+    entries = [e.strip() for e in re.split(r"^%[ \t]*$", raw, flags=re.MULTILINE)]
+    entries = [e for e in entries if e]
+    if not entries:
+        raise UserError(f"'{path}' is empty: expected fortune entries separated by lines holding only '%'.")
+    return entries
+
+
+@DATASETS.register("fortunes")
+def fortunes(cfg):
+    """Fortune-cookie topics (Debian package `fortunes`): classify an entry's topic file; data.topics picks them."""
+    folder = Path(cfg.path).expanduser() if cfg.path else FORTUNES_DIR
+    topics = list(cfg.topics) or FORTUNE_TOPICS
+    if not folder.is_dir():
+        hint = (" Install the Debian package with `apt-get install fortunes`, or set data.path to a folder "
+                "of fortune files." if not cfg.path else "")
+        raise UserError(f"The fortunes folder '{folder}' does not exist.{hint}")
+    if len(set(topics)) < 2 or len(set(topics)) != len(topics):
+        raise UserError(f"data.topics = {topics}: name at least two different topic files.")
+    texts, labels = [], []
+    for i, topic in enumerate(topics):
+        f = folder / topic
+        if not f.is_file():
+            have = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.suffix)
+            raise UserError(f"There is no fortunes topic '{topic}' in '{folder}'. Topics there: "
+                            f"{', '.join(have) or '(none)'}.")
+        entries = read_fortunes(f)
+        texts += entries
+        labels += [i] * len(entries)
+    return text_arrays(texts, np.array(labels, dtype=np.int64), None, None, topics, f"fortunes ({folder})", cfg)
+
+
+# --- IMDB -----------------------------------------------------------------------------------
+
+def _imdb_complete(folder: Path) -> bool:
+    return all((folder / s / c).is_dir() for s in ("train", "test") for c in IMDB_CLASSES)
+
+
+def extract_imdb(archive: Path, where: Path) -> Path:
+    """Extract the review files of `archive` into `where/aclImdb`, by validated name only."""
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=where, prefix=".extract-"))
+    try:
+        n = 0
+        with tarfile.open(archive, "r:gz") as tar:
+            for m in tar:
+                match = IMDB_MEMBER.fullmatch(m.name)
+                if m.isfile() and match:
+                    split, label, name = match.groups()
+                    (tmp / split / label).mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(m) as src, open(tmp / split / label / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    n += 1
+        if not _imdb_complete(tmp):
+            raise UserError(f"'{archive}' is not the aclImdb archive: it lacks aclImdb/{{train,test}}/{{pos,neg}} "
+                            f"review files (found {n}).")
+        target = where / IMDB["folder"]
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier copy
+        os.replace(tmp, target)
+        return target
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise UserError(f"'{archive}' cannot be extracted ({type(e).__name__}: {e}). "
+                        f"Delete it and download {IMDB['archive']} again.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def locate_imdb(cfg) -> Path:
+    """The aclImdb folder: data.path (folder, parent or archive), the cache, or a download."""
+    where = cache_dir() / "imdb"
+    expected = f"an aclImdb folder with train/ and test/ (each with pos/ and neg/), its parent, or {IMDB['archive']}"
+    if cfg.path:
+        p = Path(cfg.path).expanduser()
+        if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
+            return extract_imdb(p, where)
+        for folder in (p, p / IMDB["folder"]):
+            if _imdb_complete(folder):
+                return folder
+        if (p / IMDB["archive"]).is_file():
+            return extract_imdb(p / IMDB["archive"], where)
+        what = "does not exist" if not p.exists() else "is not in the aclImdb layout"
+        raise UserError(f"data.path = '{p}' {what}: expected {expected}.")
+    if _imdb_complete(where / IMDB["folder"]):
+        return where / IMDB["folder"]
+    if not (where / IMDB["archive"]).is_file():
+        files = f"{IMDB['archive']} (or its extracted folder aclImdb)"
+        if not cfg.download:
+            raise UserError(missing_message("imdb", where, files, "downloads are off (data.download = false)."))
+        try:
+            fetch(IMDB["archive"], IMDB["mirrors"], where, IMDB["md5"], timeout=120.0)
+        except UserError as e:
+            raise UserError(missing_message("imdb", where, files, str(e))) from None
+    folder = extract_imdb(where / IMDB["archive"], where)
+    (where / IMDB["archive"]).unlink()
+    return folder
+
+
+def read_review_folder(folder: Path) -> tuple[list[str], list[int]]:
+    """Texts and labels (index in IMDB_CLASSES) of `folder/{neg,pos}/*.txt`, in sorted file order."""
+    texts, labels = [], []
+    for label, name in enumerate(IMDB_CLASSES):
+        files = sorted((folder / name).glob("*.txt"))
+        if not files:
+            raise UserError(f"'{folder / name}' holds no .txt reviews; expected one review per .txt file.")
+        for f in files:
+            text = read_text_file(f)
+            texts.append(text)
+            labels.append(label)
+    return texts, labels
+
+
+def read_text_file(path: Path) -> str:
+    """A whole UTF-8 text file; an empty (or blank) one is a UserError."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    if not text.strip():
+        raise UserError(f"'{path}' is empty: expected a text.")
+    return text
+
+
+@DATASETS.register("imdb")
+def imdb(cfg):
+    """IMDB movie reviews, positive vs negative (aclImdb layout; 25,000 train / 25,000 test; downloaded when missing)."""
+    folder = locate_imdb(cfg)
+    x, y = read_review_folder(folder / "train")
+    xt, yt = read_review_folder(folder / "test")
+    return text_arrays(x, np.array(y, dtype=np.int64), xt, np.array(yt, dtype=np.int64), IMDB_CLASSES,
+                       f"imdb ({folder})", cfg)
+
+
+# --- CSV / JSONL ----------------------------------------------------------------------------
+
+def _columns_error(path: Path, found, cfg, what: str) -> UserError:
+    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in found]
+    return UserError(f"'{path}' has no {what} {', '.join(repr(c) for c in missing)}. Its columns are: "
+                     f"{', '.join(repr(c) for c in found) or '(none)'}. Set data.text_column and "
+                     f"data.label_column to the columns holding the text and the label.")
+
+
+def read_text_csv(path: Path, cfg, need_label: bool = True) -> tuple[list[str], list[str] | None, list[int]]:
+    """(texts, labels or None, line numbers) of a CSV file with a header line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            f.seek(0)
+            reader = csv.reader(f, delimiter=max(",;\t", key=first.count) if first.strip() else ",")
+            rows = [(row, reader.line_num) for row in reader if any(c.strip() for c in row)]
+    except UnicodeDecodeError:
+        raise UserError(f"'{path}' is not UTF-8 text; expected a CSV file.") from None
+    except csv.Error as e:
+        raise UserError(f"'{path}': not valid CSV ({e}).") from None
+    except OSError as e:
+        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    if not rows:
+        raise UserError(f"'{path}' is empty; expected a header line naming the columns "
+                        f"'{cfg.text_column}' and '{cfg.label_column}', then one row per text.")
+    header = [c.strip() for c in rows[0][0]]
+    if cfg.text_column not in header or (need_label and cfg.label_column not in header):
+        raise _columns_error(path, header, cfg, "column")
+    ti = header.index(cfg.text_column)
+    li = header.index(cfg.label_column) if cfg.label_column in header else None
+    texts, labels, lines = [], [] if li is not None else None, []
+    for row, line in rows[1:]:
+        if len(row) != len(header):
+            raise UserError(f"'{path}' line {line}: {len(row)} fields, but the header names {len(header)} columns.")
+        texts.append(row[ti])
+        lines.append(line)
+        if li is not None:
+            labels.append(row[li].strip())
+    return _checked(path, texts, labels, lines, cfg)
+
+
+def read_jsonl(path: Path, cfg, need_label: bool = True) -> tuple[list[str], list[str] | None, list[int]]:
+    """(texts, labels or None, line numbers) of a JSON-lines file: one object per line."""
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"'{path}' is not UTF-8 text; expected JSON lines.") from None
+    except OSError as e:
+        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    texts, labels, numbers = [], [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"'{path}' line {n}: not valid JSON ({e.msg}).") from None
+        if not isinstance(obj, dict) or cfg.text_column not in obj or (need_label and cfg.label_column not in obj):
+            found = list(obj) if isinstance(obj, dict) else []
+            raise _columns_error(path, found, cfg, f"key (line {n})")
+        if not isinstance(obj[cfg.text_column], str):
+            raise UserError(f"'{path}' line {n}: '{cfg.text_column}' must be a string, got {obj[cfg.text_column]!r}.")
+        value = obj.get(cfg.label_column)  # optional at predict time
+        if isinstance(value, (dict, list)) or (value is None and cfg.label_column in obj):
+            raise UserError(f"'{path}' line {n}: the label '{cfg.label_column}' must be a string or number, "
+                            f"got {value!r}.")
+        labels.append(None if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+        texts.append(obj[cfg.text_column])
+        numbers.append(n)
+    if not texts:
+        raise UserError(f"'{path}' is empty; expected one JSON object per line with the keys "
+                        f"'{cfg.text_column}' and '{cfg.label_column}'.")
+    return _checked(path, texts, labels if any(v is not None for v in labels) else None, numbers, cfg)
+
+
+def _checked(path, texts, labels, lines, cfg):
+    if not texts:
+        raise UserError(f"'{path}' has a header but no rows.")
+    for text, line in zip(texts, lines):
+        if not text.strip():
+            raise UserError(f"'{path}' line {line}: the text column '{cfg.text_column}' is empty.")
+    for value, line in zip(labels or [], lines):
+        if value == "":
+            raise UserError(f"'{path}' line {line}: the label column '{cfg.label_column}' is empty.")
+    return texts, labels, lines
+
+
+READERS = {".csv": read_text_csv, ".jsonl": read_jsonl}
+
+
+def text_table(cfg, suffix: str):
+    """Text classification from CSV (suffix '.csv') or JSON-lines ('.jsonl') files."""
+    from .files import csv_labels, need_path
+
+    path = need_path(cfg, TABLE_EXPECTED)
+    files = [path]
+    if path.is_dir():
+        files = [path / f"train{suffix}"] + ([path / f"test{suffix}"] if (path / f"test{suffix}").is_file() else [])
+        if not files[0].is_file():
+            raise UserError(f"data.path = '{path}' is a folder without train{suffix}; expected {TABLE_EXPECTED}.")
+    tables = [READERS[suffix](f, cfg) for f in files]
+    ys = csv_labels([t[1] for t in tables])
+    if len(tables) > 1 and ys[0].dtype.kind != "f":  # classes: the test file may not bring new ones
+        known = set(tables[0][1])
+        for value, line in zip(tables[1][1], tables[1][2]):
+            if value not in known:
+                raise UserError(f"'{files[1]}' line {line}: label '{value}' does not occur in '{files[0]}' "
+                                f"(labels there: {', '.join(sorted(known))}).")
+    classes: list[str] = []
+    if ys[0].dtype.kind == "U":
+        classes = sorted(set(ys[0].tolist()))
+        index = {c: i for i, c in enumerate(classes)}
+        ys = [np.array([index[v] for v in y], dtype=np.int64) for y in ys]
+    test = (tables[1][0], ys[1]) if len(tables) > 1 else (None, None)
+    return text_arrays(tables[0][0], ys[0], *test, classes, f"'{path}'", cfg)
+
+
+@DATASETS.register("jsonl")
+def jsonl(cfg):
+    """Your texts as JSON lines: objects with data.text_column and data.label_column (file or folder with train.jsonl)."""
+    return text_table(cfg, ".jsonl")
+
+
+# --- predict inputs -------------------------------------------------------------------------
+
+def read_texts(inputs: list[str], cfg, classes: list[str]) -> tuple[list[str], list[str], list[str] | None]:
+    """Inputs for `deepstep predict` on a text run -> (texts, names, labels or None).
+
+    Each argument is a text, unless it names a file: a .txt file is one text; a .csv or .jsonl file
+    gives one text per row (its label column, when present, must hold labels the run knows)."""
+    texts, names, labels = [], [], []
+    for arg in inputs:
+        path = Path(arg)
+        suffix = path.suffix.lower()
+        looks_like_file = suffix in (".txt", ".csv", ".jsonl") and not any(c.isspace() for c in arg)
+        if not path.is_file():
+            if looks_like_file:
+                raise UserError(f"Input file '{arg}' does not exist. (To classify the words themselves, "
+                                f"add a space or drop the file suffix.)")
+            if not arg.strip():
+                raise UserError("An input text is empty: give some text to classify.")
+            texts.append(arg)
+            names.append(arg if len(arg) <= 40 else arg[:37] + "...")
+            labels.append(None)
+        elif suffix in READERS:
+            t, y, lines = READERS[suffix](path, cfg, need_label=False)
+            texts += t
+            names += [f"{arg}:line{n}" for n in lines]
+            labels += y or [None] * len(t)
+        else:
+            texts.append(read_text_file(path))
+            names.append(arg)
+            labels.append(None)
+    known = set(classes)
+    for value, name in zip(labels, names):
+        if value is not None and known and value not in known:
+            raise UserError(f"{name}: label '{value}' is not one this run knows ({', '.join(classes)}).")
+    return texts, names, labels if any(v is not None for v in labels) else None

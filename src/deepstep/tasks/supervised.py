@@ -46,6 +46,8 @@ class Supervised:
         self.train_acc = self.classify and train_acc
         given = arrays is not None
         arrays = arrays if given else DATASETS.get(cfg.data.name)(cfg.data)
+        if not isinstance(arrays, Arrays):  # e.g. a time series, which task 'forecast' reads
+            raise UserError(f"Data set '{cfg.data.name}' is for task '{getattr(arrays, 'task', '?')}', not '{cfg.task}'.")
         if self.classify and arrays.y_train.dtype.kind not in "iu":
             raise UserError(f"{arrays.source}: classification needs integer class labels, got {arrays.y_train.dtype}.")
         parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,

@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
 
-    s = sub.add_parser("predict", help="classify inputs (images, .npy arrays, CSV rows) with a finished run")
+    s = sub.add_parser("predict", help="classify inputs (images, .npy arrays, CSV rows), or forecast after a series file (CSV, .npy)")
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--top", type=int, default=1, help="show the K most likely classes")
@@ -58,6 +58,7 @@ def cmd_list(args) -> None:
     from rich.table import Table
 
     from .config import read_toml
+    from .engine.callbacks import monitor_mode
     from .registry import DATASETS, MODELS, TASKS, recipe_paths
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped: full names for grep
@@ -67,7 +68,8 @@ def cmd_list(args) -> None:
             t.add_column(col, no_wrap=col != "description")
         for name, path in sorted(recipe_paths().items()):
             d = read_toml(path)
-            target = ", ".join(f"{k} >= {v}" for k, v in d.get("expect", {}).items())
+            target = ", ".join(f"{k} {'<=' if monitor_mode(k) == 'min' else '>='} {v}"
+                               for k, v in d.get("expect", {}).items())
             t.add_row(name, d.get("task", "classify"), d.get("data", {}).get("name", ""),
                       d.get("model", {}).get("name", ""), target, d.get("description", ""))
         console.print(t)
@@ -149,6 +151,9 @@ def cmd_predict(args) -> None:
     from .run import load_run
 
     run = load_run(args.run_dir)
+    if run.meta["task"] == "forecast":
+        _predict_series(run, args)
+        return
     labels = None
     if run.meta["kind"] == "text":  # raw strings, .txt files, or CSV/JSONL rows
         from .data.text import read_texts
@@ -171,6 +176,20 @@ def cmd_predict(args) -> None:
             print(json.dumps({"input": name, "top": [{"class": classes[i], "probability": float(p[i])} for i in top]}))
         else:
             print(f"{name}: " + ", ".join(f"{classes[i]} ({p[i]:.3f})" for i in top))
+
+
+def _predict_series(run, args) -> None:
+    """Forecasting runs: each input is a series file; print the next `horizon` values after its end."""
+    from .tasks.forecast import predict_file
+
+    for path in args.inputs:
+        r = predict_file(run, path)
+        if args.json:
+            print(json.dumps(r))
+            continue
+        for column, values in r["forecast"].items():
+            steps = ", ".join(f"{t}: {v:.4g}" for t, v in zip(r["steps"], values))
+            print(f"{path} (after {r['after']}) {column}: {steps}")
 
 
 def cmd_scratch(args) -> None:

@@ -105,17 +105,23 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
 
 def check_expectations(expect: dict, metrics: dict) -> dict:
     """`[expect]` targets of a recipe ({"test/acc": 0.97}) -> {key: {target, value, met}}.
-    Lower-is-better metrics (loss, rmse, ...) must be at most the target."""
+    Lower-is-better metrics (loss, rmse, ...) must be at most the target. A target may name
+    another metric of the run ({"test/rmse": "baseline/persistence_rmse"}); its value is then
+    reported as `target_value`."""
     from .engine.callbacks import monitor_mode
 
     out = {}
     for key, target in expect.items():
         value = metrics.get(key)
-        if value is None:
-            out[key] = {"target": target, "value": None, "met": False}
+        bar = metrics.get(target) if isinstance(target, str) else target
+        entry = {"target": target, "value": value}
+        if isinstance(target, str):
+            entry["target_value"] = bar
+        if value is None or bar is None:
+            out[key] = {**entry, "met": False}
             continue
-        met = value <= target if monitor_mode(key) == "min" else value >= target
-        out[key] = {"target": target, "value": value, "met": bool(met)}
+        met = value <= bar if monitor_mode(key) == "min" else value >= bar
+        out[key] = {**entry, "met": bool(met)}
     return out
 
 

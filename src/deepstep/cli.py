@@ -1,4 +1,4 @@
-"""`deepstep` command line: list, options, train, resume, eval, predict, scratch.
+"""`deepstep` command line: list, options, train, resume, eval, predict, play, scratch.
 
 User errors exit with code 2 and one paragraph (no traceback); success exits 0."""
 
@@ -37,12 +37,20 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("eval", help="evaluate a finished run's weights on its validation and test splits")
     s.add_argument("run_dir")
     s.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    s.add_argument("--episodes", type=int, help="reinforcement-learning runs: greedy episodes to play "
+                   "(default: the run's env.eval_episodes)")
 
     s = sub.add_parser("predict", help="classify inputs (images, .npy arrays, CSV rows), or forecast after a series file (CSV, .npy)")
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="+")
     s.add_argument("--top", type=int, default=1, help="show the K most likely classes")
     s.add_argument("--json", action="store_true", help="print JSON lines")
+
+    s = sub.add_parser("play", help="play one greedy episode of a reinforcement-learning run; --gif saves it")
+    s.add_argument("run_dir")
+    s.add_argument("--gif", help="write the episode's frames to this GIF file")
+    s.add_argument("--seed", type=int, default=0, help="seed of the episode's environment")
+    s.add_argument("--max-steps", type=int, default=10000, help="end the episode after this many steps")
 
     s = sub.add_parser("scratch", help="train the NumPy network with hand-written backprop on digits")
     s.add_argument("--hidden", type=int, default=32, help="hidden units")
@@ -119,6 +127,7 @@ def _report(result) -> None:
     s = result.summary
     keys = [k for k in s if k.startswith(("test/", "baseline/"))]
     keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning
+    keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning
     print(f"\nrun directory: {result.run_dir}")
     print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
     for key, e in s["expect"].items():
@@ -137,7 +146,7 @@ def cmd_resume(args) -> None:
 def cmd_eval(args) -> None:
     from .run import evaluate_run
 
-    m = evaluate_run(args.run_dir)
+    m = evaluate_run(args.run_dir, episodes=args.episodes)
     if args.json:
         print(json.dumps(m))
         return
@@ -192,6 +201,22 @@ def _predict_series(run, args) -> None:
             print(f"{path} (after {r['after']}) {column}: {steps}")
 
 
+def cmd_play(args) -> None:
+    from .engine.rundir import RunDir
+    from .run import load_task
+
+    run = RunDir.open(args.run_dir)
+    if run.read_json(run.meta).get("kind") != "env":
+        raise UserError(f"'{run.path}' is not a reinforcement-learning run: play needs a run of task dqn or ppo.")
+    if args.max_steps < 1:
+        raise UserError(f"--max-steps {args.max_steps} must be at least 1.")
+    if args.gif and not args.gif.lower().endswith(".gif"):
+        raise UserError(f"--gif {args.gif}: the file name must end in .gif.")
+    r = load_task(run.path).play(args.gif, seed=args.seed, max_steps=args.max_steps)
+    saved = f"; {r['frames']} frames written to {args.gif}" if args.gif else ""
+    print(f"episode return {r['return']:.1f} in {r['length']} steps{saved}")
+
+
 def cmd_scratch(args) -> None:
     from .scratch import digits_demo
 
@@ -205,7 +230,7 @@ def cmd_scratch(args) -> None:
 
 
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
-            "eval": cmd_eval, "predict": cmd_predict, "scratch": cmd_scratch}
+            "eval": cmd_eval, "predict": cmd_predict, "play": cmd_play, "scratch": cmd_scratch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -63,7 +63,7 @@ def load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks"):
+    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks", "deepstep.tasks.rl"):
         importlib.import_module(pkg)
 
 

@@ -163,6 +163,8 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     run = RunDir.open(run_dir)
     cfg = RunConfig.from_dict(read_toml(run.config), where=str(run.config))
     meta = run.read_json(run.meta)
+    if meta.get("kind") == "env":
+        raise UserError(f"'{run.path}' is a reinforcement-learning run: use `deepstep eval` or `deepstep play`.")
     vocab = (meta["vocab_size"],) if "vocab_size" in meta else ()  # text: the factory's third data argument
     model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"], *vocab,
                          **{k: v for k, v in cfg.model.items() if k != "name"})
@@ -177,8 +179,30 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     return LoadedRun(run.path, cfg, meta, model, Normalizer(n["mean"], n["std"], n["kind"]), tokenizer)
 
 
-def evaluate_run(run_dir: Path | str) -> dict:
-    """Re-evaluate a finished run's saved weights on its data's validation and test splits."""
+def load_task(run_dir: Path | str):
+    """A finished run's task, rebuilt from its config, with the saved weights in every module
+    (evaluation mode)."""
+    run = RunDir.open(run_dir)
+    cfg = RunConfig.from_dict(read_toml(run.config), where=str(run.config))
+    task = TASKS.get(cfg.task)(cfg, Runtime(device="cpu", seed=cfg.train.seed, threads=cfg.train.threads))
+    tensors = load_weights(run.weights)
+    for name, module in task.modules().items():
+        own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        load_state(module, own, str(run.weights))
+    task.train(False)
+    return task
+
+
+def evaluate_run(run_dir: Path | str, episodes: int | None = None) -> dict:
+    """Re-evaluate a finished run's saved weights on its data's validation and test splits; a
+    reinforcement-learning run plays `episodes` greedy episodes (default: its env.eval_episodes)."""
+    run = RunDir.open(run_dir)
+    if run.read_json(run.meta).get("kind") == "env":
+        if episodes is not None and episodes < 1:
+            raise UserError(f"--episodes {episodes} must be at least 1.")
+        return load_task(run_dir).evaluate("test", episodes=episodes)
+    if episodes is not None:
+        raise UserError("--episodes applies to reinforcement-learning runs (tasks dqn and ppo) only.")
     loaded = load_run(run_dir)
     runtime = Runtime(device="cpu", seed=loaded.cfg.train.seed)
     task = TASKS.get(loaded.cfg.task)(loaded.cfg, runtime)

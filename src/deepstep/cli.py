@@ -127,7 +127,6 @@ def _report(result) -> None:
     s = result.summary
     keys = [k for k in s if k.startswith(("test/", "baseline/"))]
     keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning
-    keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning
     print(f"\nrun directory: {result.run_dir}")
     print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
     for key, e in s["expect"].items():

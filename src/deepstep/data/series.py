@@ -79,7 +79,11 @@ def _number(text: str) -> bool:
 
 
 def _is_numeric(col: np.ndarray) -> bool:
-    return col.dtype.kind in "biuf" or all(_number(c) for c in col)
+    """Numbers in every non-empty cell (an empty cell is reported later, with its line)."""
+    if col.dtype.kind in "biuf":
+        return True
+    cells = [c for c in col if c.strip()]
+    return bool(cells) and all(_number(c) for c in cells)
 
 
 def select(series: Series, columns: list[str], target: list[str], date_column: str) -> Selected:

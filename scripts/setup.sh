@@ -14,3 +14,8 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "note: could not install dataset-fashion-mnist; Fashion-MNIST will be downloaded when first used"
 fi
+# Optional offline text data from Debian (fortune files, /usr/share/games/fortunes) for the fortunes-* recipes.
+if [ ! -d /usr/share/games/fortunes ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq fortunes) >/dev/null 2>&1 \
+    || echo "note: could not install the Debian package fortunes; the fortunes-* recipes need it (or data.path)"
+fi

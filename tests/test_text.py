@@ -127,6 +127,22 @@ def test_non_sequence_model_on_text_is_a_user_error(tmp_path):
         task_for(tmp_path, *two_topics(10), "model.name=mlp")
 
 
+def test_tfidf_baseline_sees_punctuation_tokens_and_never_the_test_labels():
+    from deepstep.tasks.baselines import tfidf_logreg
+
+    rng = np.random.default_rng(0)
+    words = "we you they go see run eat".split()
+
+    def make(n):  # the class is only in the final mark: '!' or '?'
+        y = rng.integers(0, 2, n)
+        return [" ".join(rng.choice(words, 4)) + ("!" if c else "?") for c in y], y
+
+    (x, y), (xv, yv), (xt, yt) = make(60), make(20), make(30)
+    pred = tfidf_logreg(x, y, xt, val=(xv, yv))
+    assert pred.shape == yt.shape and (pred == yt).all()
+    assert (tfidf_logreg(x, 1 - y, xt) == 1 - yt).all()  # follows the training labels, not a fixed rule
+
+
 # --- data sets ------------------------------------------------------------------------------
 
 def write_fortunes(folder: Path, topics=("space", "kitchen"), n=12):

@@ -20,6 +20,10 @@ Packing needs the lengths on the host: one small device->host copy per batch.
 
 Readouts: "last" (final hidden state of the top layer, both directions concatenated), "mean" or
 "max" over the valid time steps of the top layer's outputs.
+
+Threads: a recurrence is a chain of small matrix products, one per step. On a shared CPU, torch's
+second thread waiting for a busy core made a GRU step (batch 100, hidden 64, 40 steps) over 100x
+slower than one thread (1.3 s vs 0.01 s forward here), so the sequence recipes set train.threads = 1.
 """
 
 from __future__ import annotations

@@ -12,12 +12,21 @@ def tfidf_logreg(texts: list[str], y: np.ndarray, test_texts: list[str], val=Non
                  seed: int = 0) -> np.ndarray:
     """Fit TF-IDF (word 1-2-grams, sublinear tf, on `texts` only) + logistic regression; return the
     predicted classes of `test_texts`. With `val = (texts, y)` the inverse regularization C is
-    chosen on it from C_GRID (the test part is never looked at); without, C = 10."""
+    chosen on it from C_GRID (the test part is never looked at); without, C = 10.
+
+    Words are split as deepstep's word tokenizer splits them (data/tokenize.py): punctuation marks
+    count as tokens, unlike scikit-learn's default pattern, which drops them and single letters.
+    The baseline thus sees the same tokens as the networks; on fortunes the default pattern scored
+    about 0.82 and these tokens 0.95."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    vec = TfidfVectorizer(lowercase=lowercase, ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    from ..data.tokenize import Tokenizer
+
+    words = Tokenizer("word", ["<pad>", "<unk>"], lowercase, 1).split
+    vec = TfidfVectorizer(tokenizer=words, token_pattern=None, lowercase=False, ngram_range=(1, 2),
+                          sublinear_tf=True)
     x = vec.fit_transform(texts)
 
     def fit(c):

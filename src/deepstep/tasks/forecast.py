@@ -130,7 +130,8 @@ class Forecast(Supervised):
 
 
 def errors(pred: np.ndarray, actual: np.ndarray, prefix: str, name: str = "") -> dict:
-    """RMSE and MAE over every (window, step, target) in original units."""
+    """RMSE and MAE over every (window, step, target) in original units (several target columns
+    are pooled, each in its own units: compare runs on the same targets only)."""
     err = pred.astype(np.float64) - actual
     return {f"{prefix}/{name}rmse": float(np.sqrt(np.mean(err ** 2))), f"{prefix}/{name}mae": float(np.mean(np.abs(err)))}
 

@@ -78,7 +78,7 @@ def cmd_list(args) -> None:
             d = read_toml(path)
             target = ", ".join(f"{k} {'<=' if monitor_mode(k) == 'min' else '>='} {v}"
                                for k, v in d.get("expect", {}).items())
-            t.add_row(name, d.get("task", "classify"), d.get("data", {}).get("name", ""),
+            t.add_row(name, d.get("task", "classify"), d.get("data", {}).get("name", "") or d.get("env", {}).get("id", ""),
                       d.get("model", {}).get("name", ""), target, d.get("description", ""))
         console.print(t)
     for what, reg, title in (("models", MODELS, "models"), ("data", DATASETS, "data sets"), ("tasks", TASKS, "tasks")):

@@ -175,11 +175,11 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def read_table(path: Path, label_column: str | None, need_label: bool = True, need_header: bool = True):
-    """Read a numeric CSV table.
-
-    Returns (feature names, features (N, F) float32, labels as strings or None). Blank lines are
-    skipped; the delimiter is the one of `, ; tab` found most often in the first line."""
+def read_csv_rows(path: Path, expected: str) -> tuple[list[list[str]], list[int]]:
+    """Non-blank rows of a UTF-8 CSV file and their line numbers; the delimiter is the one of
+    `, ; tab` found most often in the first line. Unreadable files raise UserError naming
+    `expected`."""
+    reader = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             first = f.readline()
@@ -192,11 +192,21 @@ def read_table(path: Path, label_column: str | None, need_label: bool = True, ne
                     rows.append(row)
                     lines.append(reader.line_num)
     except UnicodeDecodeError:
-        raise UserError(f"'{path}' is not UTF-8 text; expected a CSV file.") from None
+        raise UserError(f"'{path}' is not UTF-8 text; expected {expected}.") from None
     except csv.Error as e:
-        raise UserError(f"'{path}' line {reader.line_num}: not valid CSV ({e}).") from None
+        where = f" line {reader.line_num}" if reader is not None else ""
+        raise UserError(f"'{path}'{where}: not valid CSV ({e}); expected {expected}.") from None
     except OSError as e:
         raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    return rows, lines
+
+
+def read_table(path: Path, label_column: str | None, need_label: bool = True, need_header: bool = True):
+    """Read a numeric CSV table.
+
+    Returns (feature names, features (N, F) float32, labels as strings or None). Blank lines are
+    skipped; the delimiter is the one of `, ; tab` found most often in the first line."""
+    rows, lines = read_csv_rows(path, "a CSV file")
     if not rows:
         raise UserError(f"'{path}' is empty; expected a CSV table with a header line and one row per example.")
     if all(_is_number(c) for c in rows[0]):

@@ -25,7 +25,6 @@ column are errors naming the line; nothing is interpolated silently.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Normalizer
+from .files import read_csv_rows
 
 SERIES_EXPECTED = ("a CSV file with one column per series (header optional; rows in time order; "
                    "an optional date column) or a .npy array of shape (T,) or (T, C)")
@@ -255,23 +255,8 @@ def read_series_file(path: Path | str) -> Series:
 
 
 def _read_csv(path: Path) -> Series:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
-            f.seek(0)
-            delim = max(",;\t", key=first.count) if first.strip() else ","
-            reader = csv.reader(f, delimiter=delim)
-            rows, lines = [], []
-            for row in reader:
-                if any(c.strip() for c in row):
-                    rows.append([c.strip() for c in row])
-                    lines.append(reader.line_num)
-    except UnicodeDecodeError:
-        raise UserError(f"'{path}' is not UTF-8 text; expected {SERIES_EXPECTED}.") from None
-    except csv.Error as e:
-        raise UserError(f"'{path}': not valid CSV ({e}).") from None
-    except OSError as e:
-        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    rows, lines = read_csv_rows(path, SERIES_EXPECTED)
+    rows = [[c.strip() for c in row] for row in rows]
     if not rows:
         raise UserError(f"'{path}' is empty; expected {SERIES_EXPECTED}.")
     has_header = not all(_number(c) for c in rows[0])

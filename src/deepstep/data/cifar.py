@@ -16,12 +16,7 @@ checked against the documented layout (uint8 `data` of shape (N, 3072), N intege
 
 from __future__ import annotations
 
-import os
 import pickle
-import shutil
-import tarfile
-import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +24,7 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Arrays
-from .download import cache_dir, fetch, missing_message
+from .download import cache_dir, extract_archive, fetch, missing_message
 
 FOLDER = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -161,31 +156,17 @@ def _complete(folder: Path) -> bool:
 
 def extract(archive: Path, where: Path) -> Path:
     """Extract the CIFAR-10 batch files from `archive` into `where/cifar-10-batches-py`, by name only."""
-    where.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=where, prefix=".extract-"))
-    try:
-        found = set()
-        with tarfile.open(archive, "r:gz") as tar:
-            for m in tar:
-                folder, _, base = m.name.rpartition("/")
-                if m.isfile() and folder.removeprefix("./") == FOLDER and base in FILES:
-                    with tar.extractfile(m) as src, open(tmp / base, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    found.add(base)
-        missing = [f for f in BATCHES if f not in found]
-        if missing:
-            raise UserError(f"'{archive}' is not the CIFAR-10 python archive: it lacks "
-                            f"{', '.join(f'{FOLDER}/{f}' for f in missing)}.")
-        target = where / FOLDER
-        if target.exists():
-            shutil.rmtree(target)  # an incomplete earlier copy
-        os.replace(tmp, target)
-        return target
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise UserError(f"'{archive}' cannot be extracted ({type(e).__name__}: {e}). "
-                        f"Delete it and download {ARCHIVE} again.") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def select(name: str) -> str | None:
+        folder, _, base = name.rpartition("/")
+        return base if folder.removeprefix("./") == FOLDER and base in FILES else None
+
+    def check(tmp: Path, n: int) -> str | None:
+        missing = [f for f in BATCHES if not (tmp / f).is_file()]
+        return missing and ("the CIFAR-10 python archive: it lacks "
+                            f"{', '.join(f'{FOLDER}/{f}' for f in missing)}")
+
+    return extract_archive(archive, where, FOLDER, select, check, ARCHIVE)
 
 
 def locate(cfg) -> Path:

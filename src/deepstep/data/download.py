@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tarfile
 import tempfile
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -59,3 +63,38 @@ def fetch(name: str, mirrors: list[str], dest: Path, checksum: str | None, timeo
             if os.path.exists(tmp):
                 os.unlink(tmp)
     raise UserError(f"Could not download '{name}' ({'; '.join(errors)}).")
+
+
+def extract_archive(archive: Path, where: Path, folder: str, select: Callable[[str], str | None],
+                    check: Callable[[Path, int], str | None], redownload: str) -> Path:
+    """Extract a .tar.gz into `where/folder`, atomically and by name only.
+
+    `select` maps a member name to the relative path it is written to (None: skip it), so no
+    member can write outside the target; `check(tmp, n)` returns what is missing ('' or None
+    when complete). Errors name the archive and say to download `redownload` again."""
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=where, prefix=".extract-"))
+    try:
+        n = 0
+        with tarfile.open(archive, "r:gz") as tar:
+            for m in tar:
+                rel = select(m.name) if m.isfile() else None
+                if rel is None:
+                    continue
+                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(tmp / rel, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                n += 1
+        problem = check(tmp, n)
+        if problem:
+            raise UserError(f"'{archive}' is not {problem}.")
+        target = where / folder
+        if target.exists():
+            shutil.rmtree(target)  # an incomplete earlier copy
+        os.replace(tmp, target)
+        return target
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise UserError(f"'{archive}' cannot be extracted ({type(e).__name__}: {e}). "
+                        f"Delete it and download {redownload} again.") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

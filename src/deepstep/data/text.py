@@ -26,12 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
-import tarfile
-import tempfile
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +34,7 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Arrays
-from .download import cache_dir, fetch, missing_message
+from .download import cache_dir, extract_archive, fetch, missing_message
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_TOPICS = ["startrek", "linux", "definitions", "zippy", "songs-poems"]
@@ -113,32 +108,17 @@ def _imdb_complete(folder: Path) -> bool:
 
 def extract_imdb(archive: Path, where: Path) -> Path:
     """Extract the review files of `archive` into `where/aclImdb`, by validated name only."""
-    where.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=where, prefix=".extract-"))
-    try:
-        n = 0
-        with tarfile.open(archive, "r:gz") as tar:
-            for m in tar:
-                match = IMDB_MEMBER.fullmatch(m.name)
-                if m.isfile() and match:
-                    split, label, name = match.groups()
-                    (tmp / split / label).mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(m) as src, open(tmp / split / label / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    n += 1
+
+    def select(name: str) -> str | None:
+        match = IMDB_MEMBER.fullmatch(name)
+        return "/".join(match.groups()) if match else None
+
+    def check(tmp: Path, n: int) -> str | None:
         if not _imdb_complete(tmp):
-            raise UserError(f"'{archive}' is not the aclImdb archive: it lacks aclImdb/{{train,test}}/{{pos,neg}} "
-                            f"review files (found {n}).")
-        target = where / IMDB["folder"]
-        if target.exists():
-            shutil.rmtree(target)  # an incomplete earlier copy
-        os.replace(tmp, target)
-        return target
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise UserError(f"'{archive}' cannot be extracted ({type(e).__name__}: {e}). "
-                        f"Delete it and download {IMDB['archive']} again.") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            return f"the aclImdb archive: it lacks aclImdb/{{train,test}}/{{pos,neg}} review files (found {n})"
+        return None
+
+    return extract_archive(archive, where, IMDB["folder"], select, check, IMDB["archive"])
 
 
 def locate_imdb(cfg) -> Path:

@@ -13,7 +13,8 @@ recipe through the engine's Loop with its own per-epoch validation switched off
 
 Seeds alternate the order (SB3 first, then deepstep first, ...) so that load from other
 processes hits both alike. The table shows seconds and environment steps to 475 per seed and the
-ratio deepstep / SB3 of the median times (< 1: deepstep is faster).
+ratio deepstep / SB3 of the median times (< 1: deepstep is faster), and the training speed in
+milliseconds per 1000 environment steps (which does not depend on how many steps learning took).
 
     pip install 'deepstep[bench-rl]'         # stable-baselines3
     python bench/rl.py                       # seeds 0 1 2
@@ -153,10 +154,15 @@ def main() -> None:
         rows.append(out)
     print(f"\nPPO CartPole-v1, wall time to mean greedy return >= {TARGET:g} over {EPISODES} episodes "
           f"(evaluation excluded; 1 torch thread)")
-    print(f"{'seed':>4}  {'SB3 s':>8}  {'deepstep s':>10}  {'SB3 steps':>9}  {'deepstep steps':>14}")
+    print(f"{'seed':>4}  {'SB3 s':>8}  {'deepstep s':>10}  {'SB3 steps':>9}  {'deepstep steps':>14}  "
+          f"{'SB3 ms/1k steps':>15}  {'deepstep ms/1k steps':>20}")
+
+    def per_k(r):  # training speed, independent of how many steps learning took
+        return f"{1e6 * r['seconds'] / r['steps']:.0f}" if r["steps"] else "-"
+
     for seed, r in zip(args.seeds, rows):
         print(f"{seed:>4}  {r['sb3']['seconds']:8.2f}  {r['deepstep']['seconds']:10.2f}  {str(r['sb3']['steps']):>9}  "
-              f"{str(r['deepstep']['steps']):>14}")
+              f"{str(r['deepstep']['steps']):>14}  {per_k(r['sb3']):>15}  {per_k(r['deepstep']):>20}")
     sb3 = statistics.median(r["sb3"]["seconds"] for r in rows)
     ds = statistics.median(r["deepstep"]["seconds"] for r in rows)
     ratio = ds / sb3 if np.isfinite(sb3) and sb3 > 0 else float("nan")

@@ -326,7 +326,7 @@ def test_restore_best_through_train(tmp_path):
     The rate is high enough that validation loss bounces, so the best epoch is not the last."""
     cfg = load_config("digits-mlp", ["train.epochs=6", "model.hidden=[16]", "model.dropout=0.0",
                                      "optim.lr=0.1", "sched.name=constant", "train.monitor=val/loss",
-                                     "train.threads=1"])
+                                     "train.threads=1", "train.restore_best=true"])
     s = train(cfg, tmp_path / "run", verbose=0).summary
     logged = [r for r in RunDir(tmp_path / "run").read_metrics() if "val/loss" in r]
     best = min(logged, key=lambda r: r["val/loss"])

@@ -94,9 +94,15 @@ class Forecast(Supervised):
         """(N, horizon, K) targets in original units -> (N, horizon * K) scaled."""
         return ((y - self.y_mean) / self.y_std).reshape(len(y), -1).astype(np.float32)
 
-    def forecasts(self, split: str) -> np.ndarray:
-        """The model's forecasts for a split's windows, (N, horizon, K) in original units."""
-        out = self.outputs(self.data[split].x).cpu().numpy()
+    def forecasts(self, split: str, out: torch.Tensor | None = None) -> np.ndarray:
+        """The model's forecasts for a split's windows, (N, horizon, K) in original units, computed
+        in evaluation mode unless the normalized outputs `out` are given."""
+        if out is None:
+            was = self.model.training
+            self.model.eval()
+            out = self.outputs(self.data[split].x)
+            self.model.train(was)
+        out = out.cpu().numpy()
         return out.reshape(len(out), self.cfg.forecast.horizon, -1) * self.y_std + self.y_mean
 
     def evaluate(self, split: str) -> dict:
@@ -105,18 +111,15 @@ class Forecast(Supervised):
         was = self.model.training
         self.model.eval()
         d = self.data[split]
-        loss = F.mse_loss(self.outputs(d.x), d.y.float()).item()
-        pred = self.forecasts(split)
+        out = self.outputs(d.x)
         self.model.train(was)
-        return {f"{split}/loss": loss, **errors(pred, self.windows[split].y, split)}
+        loss = F.mse_loss(out, d.y.float()).item()
+        return {f"{split}/loss": loss, **errors(self.forecasts(split, out), self.windows[split].y, split)}
 
     def extras(self, run_path: Path | None = None) -> dict:
         """Baselines on the test windows; with a run directory, also forecast.png and forecast.csv."""
         test, fc = self.windows["test"], self.cfg.forecast
-        was = self.model.training
-        self.model.eval()
         pred = self.forecasts("test")
-        self.model.train(was)
         pers = persistence(test.x, self.sel.target, fc.horizon)
         out = errors(pers, test.y, "baseline", "persistence_")
         arima = arima_forecasts(self.sel.values, self.sel.target, self.val_start, test.origins, fc.horizon,

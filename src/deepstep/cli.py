@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -124,6 +125,8 @@ def cmd_train(args) -> None:
 
 
 def _report(result) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     s = result.summary
     keys = [k for k in s if k.startswith(("test/", "baseline/"))]
     keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning

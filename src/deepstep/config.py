@@ -38,6 +38,9 @@ class DataConfig:
     limit: int = opt(0, "use only the first N training examples (0: all)")
     download: bool = opt(True, "download missing files from the official mirror into the cache")
     augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
+    stream: bool = opt(False, "read batches from disk with a DataLoader instead of holding the data in "
+                              "memory (for data larger than RAM: a data.name=npz folder whose x.npy is memory-mapped)")
+    workers: int = opt(2, "with data.stream: DataLoader worker processes reading batches (0: in the training process)")
     text_column: str = opt("text", "CSV/JSONL text data: name of the column holding the text")
     topics: list[str] = opt([], "fortunes: topic files to classify (empty: startrek, linux, definitions, zippy, songs-poems)")
     tokenizer: str = opt("word", "text: 'word' (vocabulary from the training split) or 'char'")

@@ -31,6 +31,7 @@ class Arrays:
     classes: list[str] = field(default_factory=list)
     kind: str = "table"
     source: str = ""
+    scale: float = 1.0  # applied to x when read: 1/255 for uint8 images streamed from disk
 
     def __post_init__(self):
         assert self.kind in KINDS, self.kind
@@ -119,6 +120,9 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.y)
 
+    def sample(self, n: int) -> torch.Tensor:
+        return self.x[:n].cpu()
+
     def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1, drop_last=False):
         """Yield (x, y) batches; shuffled with a permutation fixed by `seed` (None: in order).
         When distributed, each rank takes every `world`-th example of the permutation; the last
@@ -135,6 +139,66 @@ class TensorData:
         for i in range(0, stop, batch_size):
             j = idx[i:i + batch_size]
             yield self.x[j], self.y[j]
+
+
+class StreamData:
+    """The streaming path, for data that does not fit in memory: inputs stay on disk (a
+    memory-mapped array) and a DataLoader reads, scales and normalizes one batch of rows at a
+    time in worker processes. Batches follow the same seeded permutation as `TensorData`, so a
+    streamed run computes exactly what the in-memory run computes.
+
+    Args:
+        source: array-like of all examples (e.g. np.load(..., mmap_mode="r")).
+        rows: which rows of `source` form this part. y: their targets (in memory).
+        norm: the training split's Normalizer. scale: factor applied first (1/255 for uint8 images).
+    """
+
+    def __init__(self, source, rows: np.ndarray, y: np.ndarray, norm, scale: float, device, workers: int = 2):
+        self.source, self.rows, self.y_all = source, np.asarray(rows), torch.as_tensor(y)
+        self.norm, self.scale, self.device, self.workers = norm, scale, device, workers
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the examples at `positions` of this part (host memory)."""
+        positions = np.asarray(positions)
+        x = np.asarray(self.source[self.rows[positions]], dtype=np.float32) * np.float32(self.scale)
+        return torch.from_numpy(np.ascontiguousarray(self.norm(x))), self.y_all[positions]
+
+    def sample(self, n: int) -> torch.Tensor:
+        return self.read(np.arange(min(n, len(self))))[0]
+
+    def _order(self, batch_size, seed, rank, world):
+        n = len(self)
+        if seed is None:
+            idx = np.arange(n)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            idx = torch.randperm(n, generator=g)[: n - n % world][rank::world].numpy()
+        return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+
+    def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1):
+        """Same contract as `TensorData.batches`; batches are read by DataLoader workers."""
+        loader = torch.utils.data.DataLoader(
+            _Rows(self), sampler=self._order(batch_size, seed, rank, world), batch_size=None,
+            num_workers=self.workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(0))  # its own: the global RNG (dropout) stays untouched
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class _Rows(torch.utils.data.Dataset):
+    """A DataLoader dataset whose items are whole batches: index -> (x, y) of those rows."""
+
+    def __init__(self, data: StreamData):
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, positions):
+        return self.data.read(positions)
 
 
 def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2) -> torch.Tensor:

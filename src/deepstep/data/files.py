@@ -121,9 +121,9 @@ def make_arrays(x, y, x_test, y_test, source: str, cfg, classes=None) -> Arrays:
 
 # --- npz / npy ------------------------------------------------------------------------------
 
-def _load_npy(path: Path) -> np.ndarray:
+def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"'{path}' is not a readable .npy array (truncated, corrupt or holding Python "
                         f"objects, which are never unpickled: {e}).") from None
@@ -144,6 +144,8 @@ def _pick(arrays: dict, source: str, expected: str) -> tuple:
 def npz(cfg):
     """Your NumPy arrays: data.path = a .npz with x, y (or x_train, y_train, x_test, y_test), or a folder of x.npy, y.npy."""
     path = need_path(cfg, NPZ_EXPECTED)
+    if path.is_dir() and cfg.stream:
+        return _streamed(path, cfg)
     if path.is_dir():
         files = {p.stem: p for p in path.glob("*.npy")}
         arrays = {k: (lambda p=p: _load_npy(p)) for k, p in files.items()}
@@ -163,6 +165,36 @@ def npz(cfg):
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
             raise UserError(f"{broken}: {e}).") from None
     return make_arrays(*parts[:4], f"'{path}'", cfg, classes=parts[4])
+
+
+def _streamed(path: Path, cfg) -> Arrays:
+    """data.stream: x.npy (and x_test.npy) stay on disk, memory-mapped; labels are read into memory.
+    Inputs must already be channels-first; uint8 inputs are scaled by 1/255 as they are read."""
+    files = {p.stem: p for p in path.glob("*.npy")}
+    pre = "" if "x" in files else "x_train" in files and "_train"
+    if pre is False or f"y{pre}" not in files:
+        raise UserError(f"Folder '{path}' needs x.npy and y.npy (or x_train.npy, y_train.npy) for data.stream; "
+                        f"found {', '.join(sorted(files)) or 'no .npy files'}.")
+    x = _load_npy(files[f"x{pre}"], mmap=True)
+    has_test = "x_test" in files and "y_test" in files
+    x_test = _load_npy(files["x_test"], mmap=True) if has_test else None
+    source = f"npy files in '{path}' (streamed)"
+    for arr in (x,) + ((x_test,) if has_test else ()):
+        if arr.dtype.kind not in "biuf":
+            raise UserError(f"{source}: x must hold numbers, got dtype {arr.dtype}.")
+        kind = kind_of(arr, source)
+        if kind == "image" and arr.shape[1] not in (1, 3):
+            raise UserError(f"{source}: streamed images must be channels-first (N, C, H, W) with 1 or 3 channels; "
+                            f"got shape {arr.shape}.")
+    ys = [_load_npy(files[f"y{pre}"])] + ([_load_npy(files["y_test"])] if has_test else [])
+    for arr, xx in zip(ys, (x, x_test)):
+        if len(arr) != len(xx):
+            raise UserError(f"{source}: {len(xx)} inputs but {len(arr)} labels.")
+    ys, classes = encode_labels(ys, source)
+    y = ys[0][: cfg.limit] if cfg.limit else ys[0]
+    x = x[: cfg.limit] if cfg.limit else x
+    return Arrays(x_train=x, y_train=y, x_test=x_test, y_test=ys[1] if has_test else None, classes=classes,
+                  kind=kind_of(x, source), source=source, scale=1 / 255 if x.dtype == np.uint8 else 1.0)
 
 
 # --- CSV ------------------------------------------------------------------------------------

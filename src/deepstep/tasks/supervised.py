@@ -8,6 +8,7 @@ scores a TF-IDF + logistic-regression baseline on the same split (tasks/baseline
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.arrays import Arrays, Normalizer, TensorData, augment_images, split
+from ..data.arrays import Arrays, Normalizer, StreamData, TensorData, augment_images, split
 from ..data.tokenize import TOKENIZER_FILE, Tokenizer
 from ..engine.callbacks import monitor_mode
 from ..engine.checkpoint import atomic_write
@@ -50,21 +51,35 @@ class Supervised:
             raise UserError(f"Data set '{cfg.data.name}' is for task '{getattr(arrays, 'task', '?')}', not '{cfg.task}'.")
         if self.classify and arrays.y_train.dtype.kind not in "iu":
             raise UserError(f"{arrays.source}: classification needs integer class labels, got {arrays.y_train.dtype}.")
-        parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,
-                      need_test=not given)
+        stream = cfg.data.stream and arrays.kind != "text"
+        if stream:  # split row indices; the inputs stay where they are (usually a memory-mapped file)
+            sources = {"train": arrays.x_train, "val": arrays.x_train,
+                       "test": arrays.x_train if arrays.x_test is None else arrays.x_test}
+            rows = dataclasses.replace(arrays, x_train=np.arange(len(arrays.x_train)),
+                                       x_test=None if arrays.x_test is None else np.arange(len(arrays.x_test)))
+            parts = split(rows, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify)
+        else:
+            parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,
+                          need_test=not given)
         self.tokenizer, self.texts = None, {}
         if arrays.kind == "text":
             self.texts = {k: v for k, v in parts.items() if v is not None}  # raw, for the baseline
             self.tokenizer = Tokenizer.from_config(parts["train"][0], cfg.data)
             parts = {k: v and (self.tokenizer.encode(v[0]), v[1]) for k, v in parts.items()}
         x_train = parts["train"][0]
+        if stream:  # statistics from (up to) the first 10,000 training rows, in file order
+            x_train = np.asarray(arrays.x_train[np.sort(x_train[:10_000])], dtype=np.float32) * np.float32(arrays.scale)
         if arrays.kind == "text":
             self.norm = Normalizer([], [], "text")  # token ids are not scaled
         else:
             self.norm = (Normalizer.fit(x_train, arrays.kind) if cfg.data.normalize
                          else Normalizer.identity(x_train, arrays.kind))
-        self.data = {k: TensorData(self._normalized(v[0]), v[1], runtime.device)
-                     for k, v in parts.items() if v is not None}
+        if stream:
+            self.data = {k: StreamData(sources[k], v[0], v[1], self.norm, arrays.scale, runtime.device,
+                                       cfg.data.workers) for k, v in parts.items() if v is not None}
+        else:
+            self.data = {k: TensorData(self._normalized(v[0]), v[1], runtime.device)
+                         for k, v in parts.items() if v is not None}
         y = arrays.y_train
         if self.classify:
             n_out = max(len(arrays.classes), int(y.max()) + 1)
@@ -79,7 +94,7 @@ class Supervised:
                 raise UserError(f"Model '{name}' reads numbers, not token ids; for text data "
                                 f"({arrays.source}) use one of: {', '.join(text_models())}.")
             model = create_model(name, *data_args, **{k: v for k, v in cfg.model.items() if k != "name"})
-        check_fits(model, self.data["train"].x[:2].cpu(), arrays.source or cfg.data.name)
+        check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
         n_train = len(self.data["train"]) // runtime.world_size
@@ -141,15 +156,22 @@ class Supervised:
         with self.rt.autocast():
             return torch.cat([self.model(x[i:i + bs]).float() for i in range(0, len(x), bs)])
 
+    def predictions(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs and targets of a whole split (streamed parts are read batch by batch)."""
+        d = self.data[split]
+        if isinstance(d, StreamData):
+            pairs = [(self.outputs(x), y) for x, y in d.batches(self.cfg.train.eval_batch_size)]
+            return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        return self.outputs(d.x), d.y
+
     def evaluate(self, split: str) -> dict:
         if split not in self.data:
             return {}
         was = self.model.training
         self.model.eval()
-        d = self.data[split]
-        out = self.outputs(d.x)
+        out, y = self.predictions(split)
         self.model.train(was)
-        return metrics(out, d.y, self.loss(out, d.y, "sum").item() / len(d), self.classify, split,
+        return metrics(out, y, self.loss(out, y, "sum").item() / len(y), self.classify, split,
                        self.meta["num_outputs"])
 
     def extras(self, path=None) -> dict:

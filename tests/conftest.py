@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -29,3 +32,25 @@ def run_cli(tmp_path):
                               env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+# --- small files in the IDX format (MNIST / Fashion-MNIST) -----------------------------------
+
+def idx_bytes(a: np.ndarray) -> bytes:
+    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
+
+
+def write_idx_set(folder: Path, n_train=12, n_test=4, size=5) -> dict:
+    """Write the four gzip IDX files of a random MNIST-like set; returns the arrays written."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, size, size)),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, size, size)),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test),
+    }
+    arrays["train-images-idx3-ubyte.gz"][0, 0, 0] = 255
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, a in arrays.items():
+        (folder / name).write_bytes(gzip.compress(idx_bytes(a)))
+    return arrays

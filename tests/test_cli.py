@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import deepstep
+from conftest import write_idx_set
 from deepstep.registry import MODELS, recipe_paths
 
 SRC = str(Path(deepstep.__file__).resolve().parents[1])
@@ -262,7 +263,8 @@ def test_missing_data_file(tmp_path):
 
 
 def test_shape_mismatch_names_layer_and_shapes(tmp_path):
-    r = cli("train", "digits-mlp", "--set", "data.name=fashion-mnist", "--set", "data.limit=200",
+    write_idx_set(tmp_path / "idx", n_train=200, n_test=20, size=28)  # 28x28 like Fashion-MNIST
+    r = cli("train", "digits-mlp", "--set", "data.name=fashion-mnist", "--set", f"data.path='{tmp_path / 'idx'}'",
             "--set", "model.name=cnn-guide", "--set", "model.flat_features=1152", *FAST, "--run-dir", "R",
             cwd=tmp_path)
     assert_user_error(r, "'head.1'", "Linear", "1152", "(2, 5408)", "(1, 28, 28)")

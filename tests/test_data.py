@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import idx_bytes, write_idx_set  # noqa: F401  (shared with test_cli)
 from deepstep.config import DataConfig
 from deepstep.data import cifar
 from deepstep.data.inputs import read_inputs
@@ -33,25 +34,6 @@ def load(name: str, path, **kw):
 
 
 # --- IDX ------------------------------------------------------------------------------------
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    return bytes([0, 0, 8, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
-
-
-def write_idx_set(folder: Path, n_train=12, n_test=4, size=5) -> dict:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (n_train, size, size)),
-        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, n_train),
-        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (n_test, size, size)),
-        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, n_test),
-    }
-    arrays["train-images-idx3-ubyte.gz"][0, 0, 0] = 255
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, a in arrays.items():
-        (folder / name).write_bytes(gzip.compress(idx_bytes(a)))
-    return arrays
-
 
 def test_idx_good(tmp_path):
     arrays = write_idx_set(tmp_path / "m")

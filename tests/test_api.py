@@ -28,9 +28,12 @@ def _params(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_doctests_of_the_api_pass():
-    result = doctest.testmod(deepstep.api, verbose=False)
-    assert result.attempted > 0, "deepstep.api should carry runnable examples"
+@pytest.mark.parametrize("module", ["api", "run"])
+def test_doctests_pass(module):
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"deepstep.{module}"), verbose=False)
+    assert result.attempted > 0, f"deepstep.{module} should carry runnable examples"
     assert result.failed == 0
 
 

@@ -55,9 +55,13 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
     """Train `cfg` into a run directory, evaluate on the test split, write summary and weights.
 
     Example:
+        >>> import tempfile
         >>> from deepstep.config import load_config
-        >>> cfg = load_config("digits-mlp", ["train.epochs=1"])
-        >>> r = train(cfg, run_dir=tmp / "run", verbose=0)   # doctest: +SKIP
+        >>> cfg = load_config("digits-mlp", ["train.epochs=3"])
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     r = train(cfg, run_dir=f"{d}/run", verbose=0)
+        >>> r.summary["test/acc"] > 0.8, r.summary["epochs"]
+        (True, 3)
     """
     t_start = time.perf_counter()
     runtime = Runtime.from_config(cfg.train)

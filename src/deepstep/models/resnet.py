@@ -1,0 +1,180 @@
+"""ResNet-18, -34 and -50 (He et al. 2016, "Deep Residual Learning for Image Recognition") with
+exactly torchvision's parameter and buffer names and shapes, so a state dict saved from
+`torchvision.models.resnet50()` loads here without renaming (`pretrained=PATH`).
+
+Layout (torchvision, "v1.5": the Bottleneck's stride sits on its 3x3 conv):
+    conv1 7x7/2 -> bn1 -> relu -> maxpool 3x3/2 -> layer1..layer4 -> avgpool -> fc
+    widths 64-128-256-512 (x4 for Bottleneck), stride 2 at the start of layer2..layer4.
+
+Adapting a backbone (transfer learning), all done by the factory options:
+- `pretrained`: a .pth/.pt (read with `torch.load(weights_only=True)`), a .safetensors file, or a
+  deepstep run directory (its model.safetensors). A head for another class count is dropped and a
+  fresh `fc` is kept; RGB weights on a one-channel input have conv1's filters summed over RGB
+  (a gray image x gives the same features as the RGB image (x, x, x)).
+- `freeze`: everything up to and including the named part stops training —
+  "none" | "stem" (conv1/bn1) | "layer1" | "layer2" | "layer3" | "layer4" (== "backbone": only the
+  head trains). "Unfreeze the last N stages" is `freeze="layer{4-N}"`. Frozen parts get
+  `requires_grad=False` and their batch norms stay in eval mode, so their running statistics do
+  not drift either: a frozen part is bit-identical after training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..engine.checkpoint import load_state, load_weights
+from ..errors import UserError
+from ..registry import MODELS
+from .cnn import _image_only
+from .layers import activation as act
+from .resnet_small import BasicBlock
+
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+FREEZE = ("none", "stem", *STAGES, "backbone")
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce -> 3x3 (carries the stride) -> 1x1 expand (x4), with a residual connection."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, activation: str = "relu"):
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = act(activation)
+        self.downsample = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x):  # (B, C, H, W) -> (B, 4*planes, H/stride, W/stride)
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's ImageNet ResNet: 7x7 stem, four stages of residual blocks, pooled linear head."""
+
+    def __init__(self, block, layers: list[int], in_channels: int = 3, num_classes: int = 1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        c = 64
+        for i, (name, n) in enumerate(zip(STAGES, layers)):
+            planes = 64 * 2**i
+            blocks = [block(c, planes, 1 if i == 0 else 2)]
+            c = planes * block.expansion
+            blocks += [block(c, planes) for _ in range(n - 1)]
+            setattr(self, name, nn.Sequential(*blocks))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+        self.frozen: list[str] = []  # top-level children that do not train (see `freeze`)
+        for m in self.modules():  # torchvision's initialization
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def features(self, x):  # (B, C, H, W) -> (B, 512 * expansion) pooled embedding
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(x).flatten(1)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, classes)
+        return self.fc(self.features(x))
+
+    def freeze(self, upto: str) -> None:
+        """Stop training everything up to and including `upto` (see the module docstring)."""
+        if upto not in FREEZE:
+            raise UserError(f"model.freeze='{upto}' is not valid; expected one of {', '.join(FREEZE)} "
+                            "(everything up to and including that part stops training).")
+        upto = "layer4" if upto == "backbone" else upto
+        order = ["conv1", "bn1", *STAGES]
+        self.frozen = [] if upto == "none" else order[:2 if upto == "stem" else order.index(upto) + 1]
+        for name, child in self.named_children():
+            for p in child.parameters():
+                p.requires_grad_(name not in self.frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for name in self.frozen:  # frozen batch norms keep their running statistics
+            getattr(self, name).eval()
+        return self
+
+
+def read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Tensors from a .pth/.pt (weights only), a .safetensors file or a deepstep run directory."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "model.safetensors"
+    if not p.is_file():
+        raise UserError(f"model.pretrained: no weights file at '{p}' (expected a .pth, .pt or .safetensors "
+                        "file, or a deepstep run directory).")
+    if p.suffix == ".safetensors":
+        tensors = load_weights(p)
+    else:
+        try:
+            tensors = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for corrupt or unsafe files
+            raise UserError(f"model.pretrained: '{p}' cannot be read as weights "
+                            f"({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+        if isinstance(tensors, dict) and isinstance(tensors.get("state_dict"), dict):
+            tensors = tensors["state_dict"]
+    if not isinstance(tensors, dict) or not all(torch.is_tensor(v) for v in tensors.values()):
+        raise UserError(f"model.pretrained: '{p}' does not hold a state dict (name -> tensor).")
+    if tensors and all(k.startswith("model.") for k in tensors):  # a deepstep run's weights
+        tensors = {k.removeprefix("model."): v for k, v in tensors.items()}
+    return tensors
+
+
+def load_pretrained(model: ResNet, path: str) -> None:
+    """Load a backbone's weights: the head is kept fresh when the class count differs, and RGB
+    filters are summed for a one-channel input. Anything else that does not fit is a UserError."""
+    tensors = dict(read_state_dict(path))
+    own = model.state_dict()
+    if "fc.weight" in tensors and tensors["fc.weight"].shape != own["fc.weight"].shape:
+        for k in ("fc.weight", "fc.bias"):  # another task's head: keep the fresh one
+            tensors[k] = own[k]
+    w = tensors.get("conv1.weight")
+    if w is not None and w.dim() == 4 and w.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
+        tensors["conv1.weight"] = w.sum(1, keepdim=True)  # gray x acts like RGB (x, x, x)
+    load_state(model, tensors, path)
+
+
+def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, name: str) -> ResNet:
+    _image_only(in_shape, name)
+    model = ResNet(block, layers, in_shape[0], num_classes)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    model.freeze(freeze)
+    return model
+
+
+@MODELS.register("resnet18")
+def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none") -> ResNet:
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names, `pretrained` weights, `freeze`."""
+    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, "resnet18")
+
+
+@MODELS.register("resnet34")
+def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none") -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names, `pretrained` weights, `freeze`."""
+    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, "resnet34")
+
+
+@MODELS.register("resnet50")
+def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none") -> ResNet:
+    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names, `pretrained` weights, `freeze`."""
+    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, "resnet50")

@@ -196,3 +196,19 @@ def test_config_accepts_resnet_options():
 
     args = resolve_model_args({"name": "resnet50", "freeze": "layer2"})
     assert args == {"name": "resnet50", "pretrained": "", "freeze": "layer2"}
+
+
+def test_transfer_run_loads_without_the_pretrained_file(tmp_path):
+    """Train a frozen ResNet from a deepstep run's weights; the new run then loads on its own."""
+    from deepstep.config import load_config
+    from deepstep.run import load_run, train
+
+    base = ["model.name=resnet18", "train.epochs=1", "train.batch_size=128", "data.test_split=0.5"]
+    train(load_config("digits-cnn", base), run_dir=tmp_path / "src", verbose=0)
+    cfg = load_config("digits-cnn", [*base, f"model.pretrained={tmp_path / 'src'}", "model.freeze=layer3"])
+    train(cfg, run_dir=tmp_path / "dst", verbose=0)
+    src, dst = load_run(tmp_path / "src").model, load_run(tmp_path / "dst").model
+    assert torch.equal(src.layer3[1].conv2.weight, dst.layer3[1].conv2.weight)  # frozen: carried over
+    assert not torch.equal(src.fc.weight, dst.fc.weight)
+    (tmp_path / "src" / "model.safetensors").unlink()
+    assert torch.equal(load_run(tmp_path / "dst").model.fc.weight, dst.fc.weight)

@@ -170,8 +170,9 @@ def load_run(run_dir: Path | str) -> LoadedRun:
     if meta.get("kind") == "env":
         raise UserError(f"'{run.path}' is a reinforcement-learning run: use `deepstep eval` or `deepstep play`.")
     vocab = (meta["vocab_size"],) if "vocab_size" in meta else ()  # text: the factory's third data argument
+    # the run's own weights replace any `pretrained` ones: the run directory alone is enough
     model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"], *vocab,
-                         **{k: v for k, v in cfg.model.items() if k != "name"})
+                         **{k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")})
     tensors = load_weights(run.weights)
     load_state(model, {k.removeprefix("model."): v for k, v in tensors.items()}, str(run.weights))
     model.eval()

@@ -195,7 +195,7 @@ def test_config_accepts_resnet_options():
     from deepstep.config import resolve_model_args
 
     args = resolve_model_args({"name": "resnet50", "freeze": "layer2"})
-    assert args == {"name": "resnet50", "pretrained": "", "freeze": "layer2"}
+    assert args == {"name": "resnet50", "pretrained": "", "freeze": "layer2", "resize": 0}
 
 
 def test_transfer_run_loads_without_the_pretrained_file(tmp_path):
@@ -212,3 +212,17 @@ def test_transfer_run_loads_without_the_pretrained_file(tmp_path):
     assert not torch.equal(src.fc.weight, dst.fc.weight)
     (tmp_path / "src" / "model.safetensors").unlink()
     assert torch.equal(load_run(tmp_path / "dst").model.fc.weight, dst.fc.weight)
+
+
+def test_resize_upsamples_inside_the_model():
+    torch.manual_seed(0)
+    big = deepstep.create_model("resnet18", (1, 28, 28), 10, resize=64).eval()
+    plain = deepstep.create_model("resnet18", (1, 28, 28), 10).eval()
+    plain.load_state_dict(big.state_dict(), strict=True)  # no extra parameters or buffers
+    x = torch.randn(2, 1, 28, 28)
+    up = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.equal(big(x), plain(up))
+        assert not torch.allclose(big(x), plain(x))
+    with pytest.raises(UserError, match=r"model\.resize=-1"):
+        deepstep.create_model("resnet18", (1, 28, 28), 10, resize=-1)

@@ -16,6 +16,9 @@ Adapting a backbone (transfer learning), all done by the factory options:
   head trains). "Unfreeze the last N stages" is `freeze="layer{4-N}"`. Frozen parts get
   `requires_grad=False` and their batch norms stay in eval mode, so their running statistics do
   not drift either: a frozen part is bit-identical after training.
+- `resize`: images are resized (bilinear) to `resize` x `resize` inside the model before conv1,
+  e.g. 28x28 digits to the 224x224 an ImageNet backbone was trained on (0: keep the input size).
+  It adds no parameters, so the weight names stay torchvision's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..engine.checkpoint import load_state, load_weights
 from ..errors import UserError
@@ -66,8 +70,9 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ImageNet ResNet: 7x7 stem, four stages of residual blocks, pooled linear head."""
 
-    def __init__(self, block, layers: list[int], in_channels: int = 3, num_classes: int = 1000):
+    def __init__(self, block, layers: list[int], in_channels: int = 3, num_classes: int = 1000, resize: int = 0):
         super().__init__()
+        self.resize = resize
         self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
@@ -87,6 +92,8 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def features(self, x):  # (B, C, H, W) -> (B, 512 * expansion) pooled embedding
+        if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.avgpool(x).flatten(1)
@@ -153,9 +160,11 @@ def load_pretrained(model: ResNet, path: str) -> None:
     load_state(model, tensors, path)
 
 
-def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, name: str) -> ResNet:
+def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, resize: int, name: str) -> ResNet:
     _image_only(in_shape, name)
-    model = ResNet(block, layers, in_shape[0], num_classes)
+    if resize < 0:
+        raise UserError(f"model.resize={resize} is not valid; expected an image size in pixels, or 0 to keep the input size.")
+    model = ResNet(block, layers, in_shape[0], num_classes, resize)
     if pretrained:
         load_pretrained(model, pretrained)
     model.freeze(freeze)
@@ -163,18 +172,21 @@ def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, n
 
 
 @MODELS.register("resnet18")
-def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none") -> ResNet:
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names, `pretrained` weights, `freeze`."""
-    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, "resnet18")
+def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
+             resize: int = 0) -> ResNet:
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names; pretrained, freeze, resize."""
+    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, resize, "resnet18")
 
 
 @MODELS.register("resnet34")
-def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none") -> ResNet:
-    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names, `pretrained` weights, `freeze`."""
-    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, "resnet34")
+def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
+             resize: int = 0) -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize."""
+    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, "resnet34")
 
 
 @MODELS.register("resnet50")
-def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none") -> ResNet:
-    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names, `pretrained` weights, `freeze`."""
-    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, "resnet50")
+def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
+             resize: int = 0) -> ResNet:
+    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize."""
+    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, "resnet50")

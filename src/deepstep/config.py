@@ -216,6 +216,21 @@ class RLConfig:
 
 
 @dataclass
+class GenConfig:
+    noise: str = opt("", "autoencode: denoising training noise: '' (none), 'gaussian' (add N(0, level^2), clip to [0, 1]) or 'masking' (zero each pixel with probability level)")
+    noise_level: float = opt(0.3, "autoencode: standard deviation (gaussian) or drop probability (masking) of the training noise")
+    beta: float = opt(1.0, "vae: weight of the KL term (1: the ELBO; the logged test/neg_elbo always uses 1)")
+
+    def __post_init__(self):
+        if self.noise not in ("", "gaussian", "masking"):
+            raise unknown("noise", self.noise, ("gaussian", "masking"))
+        if self.noise_level < 0 or (self.noise == "masking" and self.noise_level >= 1):
+            raise UserError(f"gen.noise_level = {self.noise_level} must be at least 0 (and below 1 for masking).")
+        if self.beta < 0:
+            raise UserError(f"gen.beta = {self.beta} must be at least 0.")
+
+
+@dataclass
 class RunConfig:
     task: str = opt("classify", "what one training step means: classify, regress, ...")
     description: str = opt("", "one line shown by `deepstep list`")
@@ -227,6 +242,7 @@ class RunConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
     expect: dict = field(default_factory=dict)
     recipe: str = opt("", "name of the recipe this run came from")
 
@@ -244,7 +260,7 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig, "env": EnvConfig, "rl": RLConfig,
-            "forecast": ForecastConfig}
+            "forecast": ForecastConfig, "gen": GenConfig}
 
 
 def resolve_model_args(model: dict) -> dict:

@@ -1,0 +1,145 @@
+"""Autoencoders and the variational autoencoder (CURRICULUM row 13).
+
+Registry convention for generative models: the factories keep the registry's signature
+`(in_shape, num_classes, *, options)` so that config resolution, `deepstep list/options` and
+run loading treat them like every other model, but `num_classes` is ignored — the output has the
+input's shape. Each factory is marked `generative = True` (see `is_generative`); the classifier
+tests skip marked models and tests/test_generative.py checks their shapes and gradients instead.
+The tasks `autoencode` and `vae` (tasks/generative.py) accept only marked models.
+
+Models know nothing about losses: `encode`, `decode` and, for the VAE, `sample`.
+Inputs are expected in [0, 1] (images as loaded, no standardization).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..registry import MODELS
+from .layers import activation as act
+
+
+def is_generative(name: str) -> bool:
+    """Whether registered model `name` reconstructs or generates inputs instead of classifying them."""
+    return bool(getattr(MODELS.get(name), "generative", False))
+
+
+def _generative(factory):
+    factory.generative = True
+    return factory
+
+
+def _mlp(widths: list[int], activation: str) -> nn.Sequential:
+    """Linear layers with `activation` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(act(activation))
+    return nn.Sequential(*layers)
+
+
+class AutoEncoder(nn.Module):
+    """Deterministic autoencoder: x -> code -> reconstruction in [0, 1] (sigmoid output)."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, in_shape: tuple[int, ...]):
+        super().__init__()
+        self.in_shape = tuple(in_shape)
+        self.encoder, self.decoder = encoder, decoder
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:  # (B, *in_shape) -> (B, latent)
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, latent) -> (B, *in_shape), in [0, 1]
+        return torch.sigmoid(self.decoder(z)).reshape(-1, *self.in_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+class VAE(nn.Module):
+    """Variational autoencoder (Kingma & Welling 2014, "Auto-Encoding Variational Bayes"):
+    a diagonal Gaussian posterior q(z|x) = N(mu, exp(logvar)), a standard normal prior and a
+    Bernoulli decoder p(x|z) whose logits `decode` returns."""
+
+    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], latent_dim: int, activation: str):
+        super().__init__()
+        self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
+        n = math.prod(in_shape)
+        self.body = nn.Sequential(nn.Flatten(), *_mlp([n, *hidden], activation), act(activation)) if hidden \
+            else nn.Flatten()
+        width = hidden[-1] if hidden else n
+        self.mu = nn.Linear(width, latent_dim)
+        self.logvar = nn.Linear(width, latent_dim)
+        self.decoder = nn.Sequential(*_mlp([latent_dim, *reversed(hidden), n], activation))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # -> (B, latent) twice
+        h = self.body(x)
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:  # (B, latent) -> Bernoulli logits (B, *in_shape)
+        return self.decoder(z).reshape(-1, *self.in_shape)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        """(logits, mu, logvar) with z = mu + sigma * eps (reparameterization; eps ~ N(0, I) if not given)."""
+        mu, logvar = self.encode(x)
+        eps = torch.randn_like(mu) if eps is None else eps
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return self.decode(z), mu, logvar
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images from the prior: Bernoulli means sigmoid(decode(z)), z ~ N(0, I)."""
+        p = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+        return torch.sigmoid(self.decode(z))
+
+
+@MODELS.register("ae-mlp")
+@_generative
+def ae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 64,
+           activation: str = "relu") -> AutoEncoder:
+    """MLP autoencoder (guide: 784-256-64, mirrored decoder, sigmoid output); num_classes is ignored."""
+    n, hidden = math.prod(in_shape), list(hidden)
+    encoder = nn.Sequential(nn.Flatten(), *_mlp([n, *hidden, latent_dim], activation))
+    decoder = _mlp([latent_dim, *reversed(hidden), n], activation)
+    # the guide's encoder ends in an activation too: the code is non-negative
+    encoder.append(act(activation))
+    return AutoEncoder(encoder, decoder, in_shape)
+
+
+@MODELS.register("ae-conv")
+@_generative
+def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_dim: int = 32,
+            activation: str = "relu") -> AutoEncoder:
+    """Convolutional autoencoder: stride-2 convs down, transposed convs up (H, W divisible by 2^layers)."""
+    if len(in_shape) != 3:
+        raise UserError(f"Model 'ae-conv' reads images (C, H, W), got inputs of shape {tuple(in_shape)}.")
+    c, h, w = in_shape
+    f = 2 ** len(channels)
+    if h % f or w % f:
+        raise UserError(f"Model 'ae-conv' with {len(channels)} stride-2 layers needs image sides divisible by {f}, "
+                        f"got {h}x{w}.")
+    widths, down, up = [c, *channels], [], []
+    for a, b in zip(widths[:-1], widths[1:]):
+        down += [nn.Conv2d(a, b, 3, stride=2, padding=1), act(activation)]  # halves H and W
+    for i, (a, b) in enumerate(zip(widths[:0:-1], widths[-2::-1])):
+        up.append(nn.ConvTranspose2d(a, b, 3, stride=2, padding=1, output_padding=1))  # doubles H and W
+        if i < len(channels) - 1:
+            up.append(act(activation))
+    small = (channels[-1], h // f, w // f)
+    encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(math.prod(small), latent_dim))
+    decoder = nn.Sequential(nn.Linear(latent_dim, math.prod(small)), act(activation), nn.Unflatten(1, small), *up)
+    return AutoEncoder(encoder, decoder, in_shape)
+
+
+@MODELS.register("vae-mlp")
+@_generative
+def vae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 16,
+            activation: str = "relu") -> VAE:
+    """MLP VAE: Gaussian latent, Bernoulli decoder (logits); num_classes is ignored."""
+    return VAE(in_shape, list(hidden), latent_dim, activation)

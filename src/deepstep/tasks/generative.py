@@ -1,0 +1,143 @@
+"""Generative tasks on in-memory data in [0, 1]: `autoencode` (optionally denoising) and `vae`.
+
+They reuse the supervised task's data setup (loading, seeded split stratified by label,
+TensorData batches, the model's shape check, Optimization) by subclassing `Supervised`, and
+replace only what one step means and what is measured. Labels are kept in the batches (for
+later plots coloured by class) but never used by the losses.
+
+Inputs must stay in [0, 1] — the decoders are Bernoulli (binary cross-entropy) — so these tasks
+require `data.normalize = false` instead of silently ignoring it.
+
+Metrics, in nats per example (summed over pixels, averaged over examples):
+    autoencode: {split}/recon_loss, the binary cross-entropy of the reconstruction of the clean input.
+    vae:        {split}/neg_elbo = {split}/recon + {split}/kl, with one posterior sample per example
+                drawn from a fixed-seed generator (evaluation is repeatable and leaves the global
+                random state alone); beta weights the KL in training only.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..models.autoencoder import is_generative
+from ..registry import MODELS, TASKS
+from .supervised import Supervised
+
+EVAL_SEED = 1234  # seed of the posterior samples used in evaluation
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per example, summed over latent dimensions: (B, D) -> (B,)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
+
+
+def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | logits) per example, summed over all but the batch dimension: (B, ...) -> (B,)."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def neg_elbo_terms(model, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction NLL, KL) per example for one posterior sample; -ELBO = recon + KL."""
+    logits, mu, logvar = (_wide(t) for t in model(x, eps))
+    return bernoulli_nll(logits, x), gaussian_kl(mu, logvar)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """Losses in float32 at least (bf16 autocast outputs are widened; float64 stays)."""
+    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
+    """Denoising-autoencoder input: gaussian (add N(0, level^2), clip to [0, 1]) or masking
+    (zero each value with probability `level`); '' returns x."""
+    if noise == "gaussian":
+        return (x + level * torch.randn_like(x)).clamp(0.0, 1.0)
+    if noise == "masking":
+        return x * (torch.rand_like(x) >= level)
+    return x
+
+
+class Generative(Supervised):
+    """Shared setup for `autoencode` and `vae`; `kind` picks the step and the metrics."""
+
+    def __init__(self, cfg, runtime, kind: str, **kw):
+        name = cfg.model["name"]
+        if kw.get("model") is None and not is_generative(name):
+            options = [n for n in MODELS.names() if is_generative(n)]
+            raise UserError(f"Task '{cfg.task}' needs an autoencoder or VAE model, not '{name}'. "
+                            f"Use one of: {', '.join(options)}.")
+        if cfg.data.normalize:
+            raise UserError(f"Task '{cfg.task}' models inputs in [0, 1] with a Bernoulli decoder: "
+                            f"set data.normalize = false (it is {cfg.data.normalize}).")
+        if cfg.data.stream:
+            raise UserError(f"Task '{cfg.task}' reads data in memory: set data.stream = false.")
+        self.kind = kind
+        super().__init__(cfg, runtime, loss="cross_entropy", train_acc=False, **kw)
+        x = self.data["train"].x
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0 or hi > 1:
+            raise UserError(f"Task '{cfg.task}' needs inputs in [0, 1]; data '{cfg.data.name}' has values in "
+                            f"[{lo:.3g}, {hi:.3g}].")
+        self.meta["loss"] = "bernoulli"
+        self.noise = (cfg.gen.noise, cfg.gen.noise_level) if kind == "autoencode" else ("", 0.0)
+
+    def _losses(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict:
+        """Per-example loss terms of a clean batch x (the training step corrupts its input first)."""
+        if self.kind == "vae":
+            recon, kl = neg_elbo_terms(self.model, x, eps)
+            return {"recon": recon, "kl": kl}
+        return {"recon_loss": F.binary_cross_entropy(_wide(self.model(corrupt(x, *self.noise))), x,
+                                                     reduction="none").flatten(1).sum(1)}
+
+    def train_step(self, batch) -> dict:
+        x = batch[0]
+        with self.rt.autocast():
+            terms = {k: v.mean() for k, v in self._losses(x).items()}
+        if self.kind == "vae":
+            loss = terms["recon"] + self.cfg.gen.beta * terms["kl"]
+            self.opt.step(loss)
+            return {"train/loss": loss, "train/recon": terms["recon"], "train/kl": terms["kl"]}
+        self.opt.step(terms["recon_loss"])
+        return {"train/loss": terms["recon_loss"]}
+
+    @torch.inference_mode()
+    def evaluate(self, split: str) -> dict:
+        if split not in self.data:
+            return {}
+        was = self.model.training
+        self.model.eval()
+        x, bs = self.data[split].x, self.cfg.train.eval_batch_size
+        gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
+        sums: dict[str, float] = {}
+        for i in range(0, len(x), bs):
+            xb = x[i:i + bs]
+            eps = None
+            if self.kind == "vae":
+                eps = torch.randn(len(xb), unwrap_latent(self.model), generator=gen, device=x.device)
+            with self.rt.autocast():
+                for k, v in self._losses(xb, eps).items():
+                    sums[k] = sums.get(k, 0.0) + v.sum().item()
+        self.model.train(was)
+        out = {f"{split}/{k}": v / len(x) for k, v in sums.items()}
+        if self.kind == "vae":
+            out[f"{split}/neg_elbo"] = out[f"{split}/recon"] + out[f"{split}/kl"]
+        return out
+
+
+def unwrap_latent(model) -> int:
+    """The latent width of a (possibly DDP-wrapped) VAE."""
+    return getattr(model, "module", model).latent_dim
+
+
+@TASKS.register("autoencode")
+def autoencode(cfg, runtime, **kw) -> Generative:
+    """Autoencoder (denoising with gen.noise); reports recon_loss (BCE nats per example)."""
+    return Generative(cfg, runtime, "autoencode", **kw)
+
+
+@TASKS.register("vae")
+def vae(cfg, runtime, **kw) -> Generative:
+    """Variational autoencoder (gen.beta); reports neg_elbo, recon and kl in nats per example."""
+    return Generative(cfg, runtime, "vae", **kw)

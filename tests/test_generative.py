@@ -18,7 +18,10 @@ from torch.distributions import Normal, kl_divergence
 
 import deepstep
 from conftest import write_idx_set
+from deepstep import run as run_mod
 from deepstep.config import load_config
+from deepstep.engine.callbacks import Callback
+from deepstep.engine.checkpoint import load_weights
 from deepstep.engine.runtime import Runtime
 from deepstep.errors import UserError
 from deepstep.models.autoencoder import VAE, is_generative
@@ -194,3 +197,59 @@ def test_recipe_trains_one_epoch_from_the_cli(recipe, extra, metric, tmp_path):
     assert math.isfinite(summary[metric]) and summary[metric] > 0
     if metric == "test/neg_elbo":
         assert summary["test/neg_elbo"] == pytest.approx(summary["test/recon"] + summary["test/kl"])
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, step):
+        if step == self.step:
+            raise Killed
+
+
+@pytest.mark.parametrize("recipe,extra", [("digits-vae", []), ("digits-ae", ["gen.noise=gaussian"])])
+def test_resume_equals_uninterrupted(recipe, extra, tmp_path, monkeypatch):
+    """The step draws random numbers (posterior samples, input noise): a resumed run still
+    continues exactly."""
+    cfg = load_config(recipe, ["data.limit=300", "train.epochs=3", "train.threads=0", *extra])
+    ref = run_mod.train(cfg, tmp_path / "ref", verbose=0)
+    make = run_mod._callbacks
+    per_epoch = TASKS.get(cfg.task)(cfg, Runtime(device="cpu")).steps_per_epoch
+    monkeypatch.setattr(run_mod, "_callbacks", lambda *a, **k: make(*a, **k) + [KillAt(per_epoch + 2)])
+    with pytest.raises(Killed):  # dies in the second epoch, after the first checkpoint
+        run_mod.train(cfg, tmp_path / "cut", verbose=0)
+    monkeypatch.setattr(run_mod, "_callbacks", make)
+    resumed = run_mod.resume(tmp_path / "cut", verbose=0)
+    a, b = load_weights(ref.run_dir / "model.safetensors"), load_weights(resumed.run_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    key = "test/neg_elbo" if cfg.task == "vae" else "test/recon_loss"
+    assert ref[key] == resumed[key]
+
+
+@pytest.mark.parametrize("recipe", ["digits-ae", "digits-vae"])
+def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe, tmp_path, capsys):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from deepstep.cli import main
+    from deepstep.tasks.generative import anomaly_scores
+
+    cfg = load_config(recipe, ["train.epochs=5", "train.threads=0"])
+    res = run_mod.train(cfg, tmp_path / "run", verbose=0)
+    key = "test/neg_elbo" if cfg.task == "vae" else "test/recon_loss"
+    assert run_mod.evaluate_run(tmp_path / "run")[key] == res[key]
+    digits = (load_digits().images[:50] / 16.0).astype(np.float32)[:, None]
+    noise = np.random.default_rng(0).random(digits.shape, dtype=np.float32)
+    model = run_mod.load_run(tmp_path / "run").model
+    assert anomaly_scores(model, noise).min() > anomaly_scores(model, digits).max()
+    np.save(tmp_path / "x.npy", np.concatenate([digits[:1], noise[:1]]))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "run"), str(tmp_path / "x.npy"), "--json"]) == 0
+    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [ln["input"].endswith(s) for ln, s in zip(lines, ("[0]", "[1]"))] == [True, True]
+    assert lines[0]["anomaly_score"] < lines[1]["anomaly_score"]

@@ -173,6 +173,13 @@ def cmd_predict(args) -> None:
     else:
         x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"],
                                run.cfg.data.label_column)
+    if run.meta["task"] in ("autoencode", "vae"):  # tasks/generative.py
+        from .tasks.generative import anomaly_scores
+
+        for name, score in zip(names, anomaly_scores(run.model, run.normalizer(np.asarray(x, dtype=np.float32)))):
+            print(json.dumps({"input": name, "anomaly_score": float(score)}) if args.json
+                  else f"{name}: anomaly score {float(score):.3f} nats")
+        return
     out = run.predict_proba(x)
     classes = run.meta["classes"]
     for j, (name, p) in enumerate(zip(names, out)):

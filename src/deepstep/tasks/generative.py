@@ -126,6 +126,19 @@ class Generative(Supervised):
         return out
 
 
+@torch.inference_mode()
+def anomaly_scores(model, x: torch.Tensor) -> torch.Tensor:
+    """Per-example anomaly score in nats (higher: less like the training data) of inputs in [0, 1]:
+    the reconstruction BCE for an autoencoder; for a VAE, -ELBO at the posterior mean (eps = 0,
+    so the score is deterministic)."""
+    model.eval()
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if hasattr(model, "sample"):  # a VAE
+        recon, kl = neg_elbo_terms(model, x, torch.zeros(len(x), model.latent_dim))
+        return recon + kl
+    return F.binary_cross_entropy(model(x), x, reduction="none").flatten(1).sum(1)
+
+
 def unwrap_latent(model) -> int:
     """The latent width of a (possibly DDP-wrapped) VAE."""
     return getattr(model, "module", model).latent_dim

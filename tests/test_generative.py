@@ -32,11 +32,11 @@ from deepstep.tasks.generative import corrupt, gaussian_kl, neg_elbo_terms
 GENERATIVE = [n for n in MODELS.names() if is_generative(n)]
 SHAPES = [(1, 28, 28), (1, 8, 8)]
 SMALL = {"ae-mlp": {"hidden": [16], "latent_dim": 4}, "ae-conv": {"channels": [4, 8], "latent_dim": 4},
-         "vae-mlp": {"hidden": [16], "latent_dim": 3}}
+         "vae-mlp": {"hidden": [16], "latent_dim": 3}, "vae-conv": {"channels": [4, 8], "latent_dim": 3}}
 
 
 def test_the_generative_models_are_registered_and_marked():
-    assert {"ae-mlp", "ae-conv", "vae-mlp"} <= set(GENERATIVE)
+    assert {"ae-mlp", "ae-conv", "vae-mlp", "vae-conv"} <= set(GENERATIVE)
     assert not is_generative("mlp")
 
 
@@ -81,9 +81,10 @@ def test_vae_sample_is_images_in_unit_interval():
     assert torch.equal(s, model.sample(5, generator=torch.Generator().manual_seed(0)))
 
 
-def test_conv_autoencoder_rejects_sizes_it_cannot_rebuild():
-    with pytest.raises(UserError, match=r"divisible by 4.*10x10"):
-        create_model("ae-conv", (1, 10, 10), 10)
+@pytest.mark.parametrize("name", ["ae-conv", "vae-conv"])
+def test_conv_models_reject_sizes_they_cannot_rebuild(name):
+    with pytest.raises(UserError, match=rf"'{name}'.*divisible by 4.*10x10"):
+        create_model(name, (1, 10, 10), 10)
 
 
 def test_gaussian_kl_matches_torch_distributions_and_monte_carlo():
@@ -103,7 +104,7 @@ def test_gaussian_kl_matches_torch_distributions_and_monte_carlo():
 
 def test_elbo_of_a_tiny_vae_matches_a_direct_computation():
     torch.manual_seed(0)
-    model = VAE((1, 2, 2), [], latent_dim=2, activation="relu").double()
+    model = create_model("vae-mlp", (1, 2, 2), 0, hidden=[], latent_dim=2).double()
     x = torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]], [[[1.0, 1.0], [0.0, 0.25]]]], dtype=torch.double)
     eps = torch.randn(2, 2, dtype=torch.double)
     recon, kl = neg_elbo_terms(model, x, eps)
@@ -180,7 +181,7 @@ SRC = str(Path(deepstep.__file__).resolve().parents[1])
     ("digits-ae", ["gen.noise=masking"], "test/recon_loss"),
     ("digits-vae", ["gen.beta=0.5"], "test/neg_elbo"),
     ("fashion-ae", ["model.name=ae-conv"], "test/recon_loss"),
-    ("fashion-vae", [], "test/neg_elbo"),
+    ("fashion-vae", ["model.name=vae-conv"], "test/neg_elbo"),
 ])
 def test_recipe_trains_one_epoch_from_the_cli(recipe, extra, metric, tmp_path):
     sets = ["data.limit=300", "train.epochs=1", *extra]

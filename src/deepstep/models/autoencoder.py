@@ -66,16 +66,14 @@ class VAE(nn.Module):
     a diagonal Gaussian posterior q(z|x) = N(mu, exp(logvar)), a standard normal prior and a
     Bernoulli decoder p(x|z) whose logits `decode` returns."""
 
-    def __init__(self, in_shape: tuple[int, ...], hidden: list[int], latent_dim: int, activation: str):
+    def __init__(self, body: nn.Module, width: int, decoder: nn.Module, in_shape: tuple[int, ...],
+                 latent_dim: int):
         super().__init__()
         self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
-        n = math.prod(in_shape)
-        self.body = nn.Sequential(nn.Flatten(), *_mlp([n, *hidden], activation), act(activation)) if hidden \
-            else nn.Flatten()
-        width = hidden[-1] if hidden else n
+        self.body = body  # (B, *in_shape) -> (B, width)
         self.mu = nn.Linear(width, latent_dim)
         self.logvar = nn.Linear(width, latent_dim)
-        self.decoder = nn.Sequential(*_mlp([latent_dim, *reversed(hidden), n], activation))
+        self.decoder = decoder  # (B, latent_dim) -> (B, *in_shape) or (B, prod(in_shape)) logits
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # -> (B, latent) twice
         h = self.body(x)
@@ -112,17 +110,15 @@ def ae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: i
     return AutoEncoder(encoder, decoder, in_shape)
 
 
-@MODELS.register("ae-conv")
-@_generative
-def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_dim: int = 32,
-            activation: str = "relu") -> AutoEncoder:
-    """Convolutional autoencoder: stride-2 convs down, transposed convs up (H, W divisible by 2^layers)."""
+def _conv_parts(name: str, in_shape, channels: list[int], activation: str):
+    """Stride-2 conv encoder to a flat feature vector, and a transposed-conv decoder back from it:
+    (encoder, flat width, decoder from that width)."""
     if len(in_shape) != 3:
-        raise UserError(f"Model 'ae-conv' reads images (C, H, W), got inputs of shape {tuple(in_shape)}.")
+        raise UserError(f"Model '{name}' reads images (C, H, W), got inputs of shape {tuple(in_shape)}.")
     c, h, w = in_shape
     f = 2 ** len(channels)
     if h % f or w % f:
-        raise UserError(f"Model 'ae-conv' with {len(channels)} stride-2 layers needs image sides divisible by {f}, "
+        raise UserError(f"Model '{name}' with {len(channels)} stride-2 layers needs image sides divisible by {f}, "
                         f"got {h}x{w}.")
     widths, down, up = [c, *channels], [], []
     for a, b in zip(widths[:-1], widths[1:]):
@@ -132,8 +128,17 @@ def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_d
         if i < len(channels) - 1:
             up.append(act(activation))
     small = (channels[-1], h // f, w // f)
-    encoder = nn.Sequential(*down, nn.Flatten(), nn.Linear(math.prod(small), latent_dim))
-    decoder = nn.Sequential(nn.Linear(latent_dim, math.prod(small)), act(activation), nn.Unflatten(1, small), *up)
+    return nn.Sequential(*down, nn.Flatten()), math.prod(small), nn.Sequential(nn.Unflatten(1, small), *up)
+
+
+@MODELS.register("ae-conv")
+@_generative
+def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_dim: int = 32,
+            activation: str = "relu") -> AutoEncoder:
+    """Convolutional autoencoder: stride-2 convs down, transposed convs up (H, W divisible by 2^layers)."""
+    down, width, up = _conv_parts("ae-conv", in_shape, list(channels), activation)
+    encoder = nn.Sequential(down, nn.Linear(width, latent_dim))
+    decoder = nn.Sequential(nn.Linear(latent_dim, width), act(activation), up)
     return AutoEncoder(encoder, decoder, in_shape)
 
 
@@ -142,4 +147,17 @@ def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_d
 def vae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 16,
             activation: str = "relu") -> VAE:
     """MLP VAE: Gaussian latent, Bernoulli decoder (logits); num_classes is ignored."""
-    return VAE(in_shape, list(hidden), latent_dim, activation)
+    n, hidden = math.prod(in_shape), list(hidden)
+    body = nn.Sequential(nn.Flatten(), *_mlp([n, *hidden], activation), act(activation)) if hidden else nn.Flatten()
+    decoder = _mlp([latent_dim, *reversed(hidden), n], activation)
+    return VAE(body, hidden[-1] if hidden else n, decoder, in_shape, latent_dim)
+
+
+@MODELS.register("vae-conv")
+@_generative
+def vae_conv(in_shape, num_classes=0, *, channels: list[int] = (32, 64), latent_dim: int = 16,
+             activation: str = "relu") -> VAE:
+    """Convolutional VAE: stride-2 convs to (mu, logvar), transposed convs to Bernoulli logits."""
+    down, width, up = _conv_parts("vae-conv", in_shape, list(channels), activation)
+    decoder = nn.Sequential(nn.Linear(latent_dim, width), act(activation), up)
+    return VAE(down, width, decoder, in_shape, latent_dim)

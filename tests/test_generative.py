@@ -155,6 +155,8 @@ def test_vae_evaluation_is_repeatable_and_leaves_the_global_rng_alone():
     assert first == task.evaluate("val")
     assert first["val/neg_elbo"] == pytest.approx(first["val/recon"] + first["val/kl"])
     assert first["val/kl"] > 0
+    test = task.evaluate("test")
+    assert 0 < test["test/nll"] < test["test/neg_elbo"]
 
 
 @pytest.mark.parametrize("overrides,needles", [
@@ -254,3 +256,29 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [ln["input"].endswith(s) for ln, s in zip(lines, ("[0]", "[1]"))] == [True, True]
     assert lines[0]["anomaly_score"] < lines[1]["anomaly_score"]
+
+
+def test_importance_sampled_nll_matches_numerical_integration():
+    """A VAE with a 1-D latent: log p(x) = log of the integral of p(x|z) N(z; 0, 1) dz, computed on a grid."""
+    from deepstep.tasks.generative import importance_nll
+
+    torch.manual_seed(0)
+    model = create_model("vae-mlp", (1, 1, 3), 0, hidden=[], latent_dim=1).double()
+    with torch.no_grad():  # q wider than the prior: importance weights of finite variance, a fair check
+        model.logvar.weight.zero_()
+        model.logvar.bias.fill_(0.5)
+    x = torch.tensor([[[[1.0, 0.0, 1.0]]], [[[0.0, 0.0, 1.0]]]], dtype=torch.double)
+    z = torch.linspace(-12, 12, 48_001, dtype=torch.double)[:, None]  # (G, 1)
+    p = torch.sigmoid(model.decode(z)).reshape(-1, 3)  # (G, 3)
+    flat = x.reshape(2, 1, 3)
+    log_px_z = (flat * p.log() + (1 - flat) * (1 - p).log()).sum(-1)  # (2, G)
+    log_prior = Normal(0.0, 1.0).log_prob(z[:, 0])
+    exact = -torch.logsumexp(log_px_z + log_prior, 1) - math.log(z[1, 0] - z[0, 0])  # rectangle rule
+    g = torch.Generator().manual_seed(0)
+    estimate = importance_nll(model, x, 100_000, g)
+    torch.testing.assert_close(estimate, exact, atol=5e-3, rtol=0.0)
+    # one sample is the ELBO bound: on average no better than many samples
+    one = torch.stack([importance_nll(model, x, 1, g) for _ in range(2000)]).mean(0)
+    recon, kl = neg_elbo_terms(model, x.repeat(4000, 1, 1, 1), torch.randn(8000, 1, generator=g, dtype=torch.double))
+    torch.testing.assert_close(one, (recon + kl).reshape(4000, 2).mean(0), atol=0.1, rtol=0.0)
+    assert (one > estimate).all()

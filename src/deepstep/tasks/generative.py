@@ -12,14 +12,18 @@ Metrics, in nats per example (summed over pixels, averaged over examples):
     autoencode: {split}/recon_loss, the binary cross-entropy of the reconstruction of the clean input.
     vae:        {split}/neg_elbo = {split}/recon + {split}/kl, with one posterior sample per example
                 drawn from a fixed-seed generator (evaluation is repeatable and leaves the global
-                random state alone); beta weights the KL in training only.
+                random state alone); beta weights the KL in training only. test/nll: -log p(x)
+                estimated with gen.nll_samples importance samples (the same generator).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
+from ..engine.runtime import unwrap
 from ..errors import UserError
 from ..models.autoencoder import is_generative
 from ..registry import MODELS, TASKS
@@ -47,6 +51,20 @@ def neg_elbo_terms(model, x: torch.Tensor, eps: torch.Tensor | None = None) -> t
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """Losses in float32 at least (bf16 autocast outputs are widened; float64 stays)."""
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+
+
+def importance_nll(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """-log p(x) per example, estimated with k importance samples from q(z|x) (Burda et al. 2016):
+    -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x). It never exceeds the k = 1 bound, -ELBO, on average."""
+    mu, logvar = (_wide(t) for t in model.encode(x))
+    eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (k, B, D)
+    z = mu + torch.exp(0.5 * logvar) * eps
+    logits = _wide(model.decode(z.flatten(0, 1)))  # (k * B, *in_shape)
+    log_px = -bernoulli_nll(logits, x.repeat(k, *([1] * (x.ndim - 1)))).reshape(k, -1)
+    half_log_2pi = 0.5 * math.log(2 * math.pi)
+    log_pz = (-0.5 * z.pow(2) - half_log_2pi).sum(-1)
+    log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - half_log_2pi).sum(-1)
+    return -(torch.logsumexp(log_px + log_pz - log_q, 0) - math.log(k))
 
 
 def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
@@ -119,6 +137,11 @@ class Generative(Supervised):
             with self.rt.autocast():
                 for k, v in self._losses(xb, eps).items():
                     sums[k] = sums.get(k, 0.0) + v.sum().item()
+        k = self.cfg.gen.nll_samples
+        if self.kind == "vae" and split == "test" and k:
+            chunk = max(1, 16384 // k)  # k decoder passes per example: bound the memory
+            sums["nll"] = sum(importance_nll(unwrap(self.model), x[i:i + chunk], k, gen).sum().item()
+                              for i in range(0, len(x), chunk))
         self.model.train(was)
         out = {f"{split}/{k}": v / len(x) for k, v in sums.items()}
         if self.kind == "vae":

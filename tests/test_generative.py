@@ -246,6 +246,13 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
     res = run_mod.train(cfg, tmp_path / "run", verbose=0)
     key = "test/neg_elbo" if cfg.task == "vae" else "test/recon_loss"
     assert run_mod.evaluate_run(tmp_path / "run")[key] == res[key]
+    import matplotlib.image
+
+    pictures = ["reconstructions.png"] + (["samples.png"] if cfg.task == "vae" else [])
+    for name in pictures:  # 8 rows of 8 digits (8x8 pixels, 1-pixel gaps)
+        img = matplotlib.image.imread(tmp_path / "run" / name)
+        assert img.shape[:2] == (8 * 9 - 1, 8 * 9 - 1) and img[..., 0].std() > 0.1, name
+    assert not (tmp_path / "run" / "samples.png").exists() or cfg.task == "vae"
     digits = (load_digits().images[:50] / 16.0).astype(np.float32)[:, None]
     noise = np.random.default_rng(0).random(digits.shape, dtype=np.float32)
     model = run_mod.load_run(tmp_path / "run").model

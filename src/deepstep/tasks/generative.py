@@ -18,11 +18,15 @@ Metrics, in nats per example (summed over pixels, averaged over examples):
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.checkpoint import atomic_write
 from ..engine.runtime import unwrap
 from ..errors import UserError
 from ..models.autoencoder import is_generative
@@ -121,6 +125,27 @@ class Generative(Supervised):
         return {"train/loss": terms["recon_loss"]}
 
     @torch.inference_mode()
+    def extras(self, path=None) -> dict:
+        """Pictures in the run directory `path`: reconstructions.png (rows of 8 test inputs, each
+        above its reconstruction) and, for a VAE, samples.png (64 images from the prior, fixed seed)."""
+        if path is None or self.meta["kind"] != "image":
+            return {}
+        model = unwrap(self.model)
+        was = model.training
+        model.eval()
+        x = self.data["test" if "test" in self.data else "train"].x[:32]
+        cols = min(8, len(x))
+        x = x[:len(x) // cols * cols]
+        recon = torch.sigmoid(model.decode(model.encode(x)[0])) if self.kind == "vae" else model(x)
+        pairs = torch.stack([x.reshape(-1, cols, *x.shape[1:]), recon.reshape(-1, cols, *x.shape[1:])], 1)
+        save_png(Path(path) / "reconstructions.png", image_grid(pairs.flatten(0, 2), cols))
+        if self.kind == "vae":
+            gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
+            save_png(Path(path) / "samples.png", image_grid(model.sample(64, generator=gen), 8))
+        model.train(was)
+        return {}
+
+    @torch.inference_mode()
     def evaluate(self, split: str) -> dict:
         if split not in self.data:
             return {}
@@ -160,6 +185,26 @@ def anomaly_scores(model, x: torch.Tensor) -> torch.Tensor:
         recon, kl = neg_elbo_terms(model, x, torch.zeros(len(x), model.latent_dim))
         return recon + kl
     return F.binary_cross_entropy(model(x), x, reduction="none").flatten(1).sum(1)
+
+
+def image_grid(images: torch.Tensor, cols: int) -> np.ndarray:
+    """Tile (N, C, H, W) images in [0, 1] into one (rows*(H+1)-1, cols*(W+1)-1[, 3]) array, 1-pixel gaps."""
+    n, c, h, w = images.shape
+    rows = -(-n // cols)
+    grid = np.ones((c, rows * (h + 1) - 1, cols * (w + 1) - 1), dtype=np.float32)
+    for i, img in enumerate(images.float().clamp(0, 1).cpu().numpy()):
+        r, k = divmod(i, cols)
+        grid[:, r * (h + 1):r * (h + 1) + h, k * (w + 1):k * (w + 1) + w] = img
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_png(path: Path, grid: np.ndarray) -> None:
+    """Write an image array (gray or RGB, values in [0, 1]) as PNG, atomically."""
+    import matplotlib.image
+
+    buf = io.BytesIO()
+    matplotlib.image.imsave(buf, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    atomic_write(path, buf.getvalue())
 
 
 def unwrap_latent(model) -> int:

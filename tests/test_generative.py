@@ -308,3 +308,23 @@ def test_denoising_autoencoder_rebuilds_masked_digits_better_than_a_plain_one(tm
         with torch.no_grad():
             loss[noise] = F.binary_cross_entropy(model(masked), x, reduction="none").flatten(1).sum(1).mean().item()
     assert loss["masking"] < loss[""] - 0.5, loss  # measured: 21.5 vs 22.7 nats
+
+
+def test_gaussian_decoder_nll_matches_torch_distributions_and_trains():
+    from deepstep.tasks.generative import decoder_nll
+
+    torch.manual_seed(0)
+    logits, x = torch.randn(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    ref = -Normal(torch.sigmoid(logits), 0.2).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(decoder_nll(logits, x, "gaussian", 0.2), ref)
+    ref = -torch.distributions.Bernoulli(logits=logits).log_prob((x > 0.5).float()).flatten(1).sum(1)
+    torch.testing.assert_close(decoder_nll(logits, (x > 0.5).float()), ref)
+    task = _task("digits-vae", "gen.decoder=gaussian", "gen.sigma=0.2", "gen.nll_samples=20")
+    before = task.evaluate("test")
+    for batch in task.batches(0):
+        task.train_step(batch)
+    after = task.evaluate("test")
+    assert after["test/neg_elbo"] < before["test/neg_elbo"]
+    assert after["test/nll"] < after["test/neg_elbo"]
+    with pytest.raises(UserError, match="Unknown decoder 'poisson'"):
+        load_config("digits-vae", ["gen.decoder=poisson"])

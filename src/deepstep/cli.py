@@ -176,7 +176,8 @@ def cmd_predict(args) -> None:
     if run.meta["task"] in ("autoencode", "vae"):  # tasks/generative.py
         from .tasks.generative import anomaly_scores
 
-        for name, score in zip(names, anomaly_scores(run.model, run.normalizer(np.asarray(x, dtype=np.float32)))):
+        for name, score in zip(names, anomaly_scores(run.model, run.normalizer(np.asarray(x, dtype=np.float32)),
+                                               run.cfg.gen.decoder, run.cfg.gen.sigma)):
             print(json.dumps({"input": name, "anomaly_score": float(score)}) if args.json
                   else f"{name}: anomaly score {float(score):.3f} nats")
         return

@@ -220,6 +220,8 @@ class GenConfig:
     noise: str = opt("", "autoencode: denoising training noise: '' (none), 'gaussian' (add N(0, level^2), clip to [0, 1]) or 'masking' (zero each pixel with probability level)")
     noise_level: float = opt(0.3, "autoencode: standard deviation (gaussian) or drop probability (masking) of the training noise")
     beta: float = opt(1.0, "vae: weight of the KL term (1: the ELBO; the logged test/neg_elbo always uses 1)")
+    decoder: str = opt("bernoulli", "vae: p(x|z), 'bernoulli' or 'gaussian' (mean sigmoid(output), fixed standard deviation gen.sigma)")
+    sigma: float = opt(0.1, "vae with gen.decoder = 'gaussian': standard deviation of the decoder")
     nll_samples: int = opt(100, "vae: importance samples per test example for the test/nll estimate (0: skip it)")
 
     def __post_init__(self):
@@ -227,6 +229,10 @@ class GenConfig:
             raise unknown("noise", self.noise, ("gaussian", "masking"))
         if self.noise_level < 0 or (self.noise == "masking" and self.noise_level >= 1):
             raise UserError(f"gen.noise_level = {self.noise_level} must be at least 0 (and below 1 for masking).")
+        if self.decoder not in ("bernoulli", "gaussian"):
+            raise unknown("decoder", self.decoder, ("bernoulli", "gaussian"))
+        if self.sigma <= 0:
+            raise UserError(f"gen.sigma = {self.sigma} must be positive.")
         if self.beta < 0 or self.nll_samples < 0:
             raise UserError(f"gen.beta = {self.beta} and gen.nll_samples = {self.nll_samples} must be at least 0.")
 

@@ -10,7 +10,9 @@ require `data.normalize = false` instead of silently ignoring it.
 
 Metrics, in nats per example (summed over pixels, averaged over examples):
     autoencode: {split}/recon_loss, the binary cross-entropy of the reconstruction of the clean input.
-    vae:        {split}/neg_elbo = {split}/recon + {split}/kl, with one posterior sample per example
+    vae:        decoder p(x|z) Bernoulli (default) or Gaussian with mean sigmoid(output) and fixed
+                sigma (gen.decoder, gen.sigma; a density, so its figures are not comparable with
+                Bernoulli ones). {split}/neg_elbo = {split}/recon + {split}/kl, with one posterior sample per example
                 drawn from a fixed-seed generator (evaluation is repeatable and leaves the global
                 random state alone); beta weights the KL in training only. test/nll: -log p(x)
                 estimated with gen.nll_samples importance samples (the same generator).
@@ -46,10 +48,23 @@ def bernoulli_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
 
 
-def neg_elbo_terms(model, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_nll(logits: torch.Tensor, x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """-log N(x; sigmoid(logits), sigma^2 I) per example, summed over all but the batch dimension."""
+    z = (x - torch.sigmoid(logits)) / sigma
+    return (0.5 * z.pow(2) + math.log(sigma) + 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+
+
+def decoder_nll(logits: torch.Tensor, x: torch.Tensor, decoder: str = "bernoulli", sigma: float = 0.1) -> torch.Tensor:
+    """-log p(x|z) per example for the decoder's output `logits`: Bernoulli, or Gaussian with mean
+    sigmoid(logits) and fixed standard deviation `sigma` (a density: values can be negative)."""
+    return bernoulli_nll(logits, x) if decoder == "bernoulli" else gaussian_nll(logits, x, sigma)
+
+
+def neg_elbo_terms(model, x: torch.Tensor, eps: torch.Tensor | None = None, decoder: str = "bernoulli",
+                   sigma: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
     """(reconstruction NLL, KL) per example for one posterior sample; -ELBO = recon + KL."""
     logits, mu, logvar = (_wide(t) for t in model(x, eps))
-    return bernoulli_nll(logits, x), gaussian_kl(mu, logvar)
+    return decoder_nll(logits, x, decoder, sigma), gaussian_kl(mu, logvar)
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -57,14 +72,15 @@ def _wide(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
 
 
-def importance_nll(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def importance_nll(model, x: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                   decoder: str = "bernoulli", sigma: float = 0.1) -> torch.Tensor:
     """-log p(x) per example, estimated with k importance samples from q(z|x) (Burda et al. 2016):
     -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x). It never exceeds the k = 1 bound, -ELBO, on average."""
     mu, logvar = (_wide(t) for t in model.encode(x))
     eps = torch.randn((k, *mu.shape), generator=generator, device=mu.device, dtype=mu.dtype)  # (k, B, D)
     z = mu + torch.exp(0.5 * logvar) * eps
     logits = _wide(model.decode(z.flatten(0, 1)))  # (k * B, *in_shape)
-    log_px = -bernoulli_nll(logits, x.repeat(k, *([1] * (x.ndim - 1)))).reshape(k, -1)
+    log_px = -decoder_nll(logits, x.repeat(k, *([1] * (x.ndim - 1))), decoder, sigma).reshape(k, -1)
     half_log_2pi = 0.5 * math.log(2 * math.pi)
     log_pz = (-0.5 * z.pow(2) - half_log_2pi).sum(-1)
     log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - half_log_2pi).sum(-1)
@@ -108,7 +124,7 @@ class Generative(Supervised):
     def _losses(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> dict:
         """Per-example loss terms of a clean batch x (the training step corrupts its input first)."""
         if self.kind == "vae":
-            recon, kl = neg_elbo_terms(self.model, x, eps)
+            recon, kl = neg_elbo_terms(self.model, x, eps, self.cfg.gen.decoder, self.cfg.gen.sigma)
             return {"recon": recon, "kl": kl}
         return {"recon_loss": F.binary_cross_entropy(_wide(self.model(corrupt(x, *self.noise))), x,
                                                      reduction="none").flatten(1).sum(1)}
@@ -165,7 +181,8 @@ class Generative(Supervised):
         k = self.cfg.gen.nll_samples
         if self.kind == "vae" and split == "test" and k:
             chunk = max(1, 16384 // k)  # k decoder passes per example: bound the memory
-            sums["nll"] = sum(importance_nll(unwrap(self.model), x[i:i + chunk], k, gen).sum().item()
+            sums["nll"] = sum(importance_nll(unwrap(self.model), x[i:i + chunk], k, gen,
+                                             self.cfg.gen.decoder, self.cfg.gen.sigma).sum().item()
                               for i in range(0, len(x), chunk))
         self.model.train(was)
         out = {f"{split}/{k}": v / len(x) for k, v in sums.items()}
@@ -175,14 +192,14 @@ class Generative(Supervised):
 
 
 @torch.inference_mode()
-def anomaly_scores(model, x: torch.Tensor) -> torch.Tensor:
+def anomaly_scores(model, x: torch.Tensor, decoder: str = "bernoulli", sigma: float = 0.1) -> torch.Tensor:
     """Per-example anomaly score in nats (higher: less like the training data) of inputs in [0, 1]:
     the reconstruction BCE for an autoencoder; for a VAE, -ELBO at the posterior mean (eps = 0,
     so the score is deterministic)."""
     model.eval()
     x = torch.as_tensor(x, dtype=torch.float32)
     if hasattr(model, "sample"):  # a VAE
-        recon, kl = neg_elbo_terms(model, x, torch.zeros(len(x), model.latent_dim))
+        recon, kl = neg_elbo_terms(model, x, torch.zeros(len(x), model.latent_dim), decoder, sigma)
         return recon + kl
     return F.binary_cross_entropy(model(x), x, reduction="none").flatten(1).sum(1)
 

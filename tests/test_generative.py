@@ -254,6 +254,8 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
         img = matplotlib.image.imread(tmp_path / "run" / name)
         assert img.shape[:2] == (8 * 9 - 1, 8 * 9 - 1) and img[..., 0].std() > 0.1, name
     assert not (tmp_path / "run" / "samples.png").exists() or cfg.task == "vae"
+    scatter = matplotlib.image.imread(tmp_path / "run" / "latent.png")
+    assert scatter.shape[0] > 100 and scatter[..., :3].std() > 0.05
     digits = (load_digits().images[:50] / 16.0).astype(np.float32)[:, None]
     noise = np.random.default_rng(0).random(digits.shape, dtype=np.float32)
     model = run_mod.load_run(tmp_path / "run").model

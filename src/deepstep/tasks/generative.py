@@ -143,7 +143,8 @@ class Generative(Supervised):
     @torch.inference_mode()
     def extras(self, path=None) -> dict:
         """Pictures in the run directory `path`: reconstructions.png (rows of 8 test inputs, each
-        above its reconstruction) and, for a VAE, samples.png (64 images from the prior, fixed seed)."""
+        above its reconstruction), latent.png (test codes coloured by class; VAE: posterior means)
+        and, for a VAE, samples.png (64 images from the prior, fixed seed)."""
         if path is None or self.meta["kind"] != "image":
             return {}
         model = unwrap(self.model)
@@ -158,6 +159,10 @@ class Generative(Supervised):
         if self.kind == "vae":
             gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
             save_png(Path(path) / "samples.png", image_grid(model.sample(64, generator=gen), 8))
+        d = self.data["test" if "test" in self.data else "train"]
+        codes = model.encode(d.x[:2000])
+        save_latent_scatter(Path(path) / "latent.png", codes[0] if self.kind == "vae" else codes, d.y[:2000],
+                            self.meta["classes"])
         model.train(was)
         return {}
 
@@ -221,6 +226,27 @@ def save_png(path: Path, grid: np.ndarray) -> None:
 
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    atomic_write(path, buf.getvalue())
+
+
+def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classes: list[str]) -> None:
+    """Codes (N, D) as a 2-D scatter coloured by class: the first two principal components when D > 2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = codes.float().flatten(1).cpu()
+    if c.shape[1] > 2:
+        c = c - c.mean(0)
+        c = c @ torch.linalg.svd(c, full_matrices=False).Vh[:2].T  # (N, 2): the top two components
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    points = ax.scatter(c[:, 0], c[:, min(1, c.shape[1] - 1)], c=y.cpu(), cmap="tab10", s=6)
+    ax.legend(*points.legend_elements(), title="class", fontsize=7, loc="best")
+    ax.set_title("latent codes" + (" (PCA)" if codes.flatten(1).shape[1] > 2 else ""))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
     atomic_write(path, buf.getvalue())
 
 

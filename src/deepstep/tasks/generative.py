@@ -242,7 +242,9 @@ def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classe
         c = c @ torch.linalg.svd(c, full_matrices=False).Vh[:2].T  # (N, 2): the top two components
     fig, ax = plt.subplots(figsize=(5, 4.5))
     points = ax.scatter(c[:, 0], c[:, min(1, c.shape[1] - 1)], c=y.cpu(), cmap="tab10", s=6)
-    ax.legend(*points.legend_elements(), title="class", fontsize=7, loc="best")
+    handles, _ = points.legend_elements(num=None)  # one per class present, in increasing order
+    names = [classes[v] if v < len(classes) else str(v) for v in sorted(set(y.tolist()))]
+    ax.legend(handles, names, title="class", fontsize=7, loc="best")
     ax.set_title("latent codes" + (" (PCA)" if codes.flatten(1).shape[1] > 2 else ""))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepstep.engine.callbacks import Callback
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
@@ -54,3 +56,20 @@ def write_idx_set(folder: Path, n_train=12, n_test=4, size=5) -> dict:
     for name, a in arrays.items():
         (folder / name).write_bytes(gzip.compress(idx_bytes(a)))
     return arrays
+
+
+# --- simulating a run killed mid-epoch (used by the exact-resume tests) ------------------------
+
+class Killed(Exception):
+    """Raised by KillAt to stop a Loop as a SIGKILL would, between two steps."""
+
+
+class KillAt(Callback):
+    """Stop the loop at global step `step`."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_batch_end(self, step):
+        if step == self.step:
+            raise Killed

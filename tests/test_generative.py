@@ -17,10 +17,9 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 import deepstep
-from conftest import write_idx_set
+from conftest import KillAt, Killed, write_idx_set
 from deepstep import run as run_mod
 from deepstep.config import load_config
-from deepstep.engine.callbacks import Callback
 from deepstep.engine.checkpoint import load_weights
 from deepstep.engine.runtime import Runtime
 from deepstep.errors import UserError
@@ -203,17 +202,6 @@ def test_recipe_trains_one_epoch_from_the_cli(recipe, extra, metric, tmp_path):
         assert summary["test/neg_elbo"] == pytest.approx(summary["test/recon"] + summary["test/kl"])
 
 
-class Killed(Exception):
-    pass
-
-
-class KillAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, step):
-        if step == self.step:
-            raise Killed
 
 
 @pytest.mark.parametrize("recipe,extra", [("digits-vae", []), ("digits-ae", ["gen.noise=gaussian"])])

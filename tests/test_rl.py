@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import KillAt, Killed
 from deepstep import run as run_mod
 from deepstep.config import RunConfig, load_config
-from deepstep.engine.callbacks import Callback
 from deepstep.engine.checkpoint import load_weights
 from deepstep.engine.rundir import RunDir
 from deepstep.engine.runtime import Runtime
@@ -215,17 +215,6 @@ def test_replay_buffer_wraps_and_round_trips():
 # --- the engine: exact resume -------------------------------------------------------------------
 
 
-class Killed(Exception):
-    pass
-
-
-class KillAt(Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_batch_end(self, step):
-        if step == self.step:
-            raise Killed
 
 
 TINY = {

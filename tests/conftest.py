@@ -73,3 +73,17 @@ class KillAt(Callback):
     def on_batch_end(self, step):
         if step == self.step:
             raise Killed
+
+
+def interrupted_and_resumed(cfg, tmp_path, monkeypatch, kill_step: int):
+    """Train `cfg` uninterrupted into tmp_path/ref, then again into tmp_path/cut killed at global
+    step `kill_step` and resumed with `deepstep.run.resume`; returns (reference, resumed) Results."""
+    from deepstep import run as run_mod
+
+    ref = run_mod.train(cfg, tmp_path / "ref", verbose=0)
+    make = run_mod._callbacks
+    monkeypatch.setattr(run_mod, "_callbacks", lambda *a, **k: make(*a, **k) + [KillAt(kill_step)])
+    with pytest.raises(Killed):
+        run_mod.train(cfg, tmp_path / "cut", verbose=0)
+    monkeypatch.setattr(run_mod, "_callbacks", make)
+    return ref, run_mod.resume(tmp_path / "cut", verbose=0)

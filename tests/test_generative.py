@@ -17,7 +17,7 @@ from torch import nn
 from torch.distributions import Normal, kl_divergence
 
 import deepstep
-from conftest import KillAt, Killed, write_idx_set
+from conftest import interrupted_and_resumed, write_idx_set
 from deepstep import run as run_mod
 from deepstep.config import load_config
 from deepstep.engine.checkpoint import load_weights
@@ -209,14 +209,9 @@ def test_resume_equals_uninterrupted(recipe, extra, tmp_path, monkeypatch):
     """The step draws random numbers (posterior samples, input noise): a resumed run still
     continues exactly."""
     cfg = load_config(recipe, ["data.limit=300", "train.epochs=3", "train.threads=0", *extra])
-    ref = run_mod.train(cfg, tmp_path / "ref", verbose=0)
-    make = run_mod._callbacks
     per_epoch = TASKS.get(cfg.task)(cfg, Runtime(device="cpu")).steps_per_epoch
-    monkeypatch.setattr(run_mod, "_callbacks", lambda *a, **k: make(*a, **k) + [KillAt(per_epoch + 2)])
-    with pytest.raises(Killed):  # dies in the second epoch, after the first checkpoint
-        run_mod.train(cfg, tmp_path / "cut", verbose=0)
-    monkeypatch.setattr(run_mod, "_callbacks", make)
-    resumed = run_mod.resume(tmp_path / "cut", verbose=0)
+    # dies in the second epoch, after the first checkpoint
+    ref, resumed = interrupted_and_resumed(cfg, tmp_path, monkeypatch, per_epoch + 2)
     a, b = load_weights(ref.run_dir / "model.safetensors"), load_weights(resumed.run_dir / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     key = "test/neg_elbo" if cfg.task == "vae" else "test/recon_loss"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import KillAt, Killed
+from conftest import interrupted_and_resumed
 from deepstep import run as run_mod
 from deepstep.config import RunConfig, load_config
 from deepstep.engine.checkpoint import load_weights
@@ -229,14 +229,9 @@ TINY = {
 def test_resume_equals_uninterrupted(algo, tmp_path, monkeypatch):
     cfg = load_config(f"cartpole-{algo}", TINY[algo] + ["train.epochs=3", "env.val_episodes=1", "env.eval_episodes=2",
                                                          "train.log_every=1"])
-    ref = run_mod.train(cfg, tmp_path / "ref", verbose=0)
-    make = run_mod._callbacks
     per_epoch = TASKS.get(algo)(cfg, Runtime(device="cpu")).steps_per_epoch
-    monkeypatch.setattr(run_mod, "_callbacks", lambda *a, **k: make(*a, **k) + [KillAt(per_epoch + 1)])
-    with pytest.raises(Killed):  # dies in the second epoch, after the first checkpoint
-        run_mod.train(cfg, tmp_path / "cut", verbose=0)
-    monkeypatch.setattr(run_mod, "_callbacks", make)
-    resumed = run_mod.resume(tmp_path / "cut", verbose=0)
+    # dies in the second epoch, after the first checkpoint
+    ref, resumed = interrupted_and_resumed(cfg, tmp_path, monkeypatch, per_epoch + 1)
     a, b = load_weights(ref.run_dir / "model.safetensors"), load_weights(resumed.run_dir / "model.safetensors")
     assert a.keys() == b.keys()
     for k in a:

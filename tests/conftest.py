@@ -7,6 +7,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,9 @@ import pytest
 from deepstep.engine.callbacks import Callback
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# downloads and the cached feature classifiers of samples/frechet go to a fresh folder: the tests
+# neither read nor write the user's cache (~/.cache/deepstep)
+os.environ.setdefault("DEEPSTEP_CACHE", tempfile.mkdtemp(prefix="deepstep-test-cache-"))
 
 
 def cli_env() -> dict:

@@ -24,11 +24,12 @@ from deepstep.engine.checkpoint import load_weights
 from deepstep.engine.runtime import Runtime
 from deepstep.errors import UserError
 from deepstep.models.autoencoder import VAE, is_generative
+from deepstep.models.gan import is_gan  # GANs are tested in tests/test_gan.py
 from deepstep.models.layers import create_model
 from deepstep.registry import MODELS, TASKS
 from deepstep.tasks.generative import corrupt, gaussian_kl, neg_elbo_terms
 
-GENERATIVE = [n for n in MODELS.names() if is_generative(n)]
+GENERATIVE = [n for n in MODELS.names() if is_generative(n) and not is_gan(n)]
 SHAPES = [(1, 28, 28), (1, 8, 8)]
 SMALL = {"ae-mlp": {"hidden": [16], "latent_dim": 4}, "ae-conv": {"channels": [4, 8], "latent_dim": 4},
          "vae-mlp": {"hidden": [16], "latent_dim": 3}, "vae-conv": {"channels": [4, 8], "latent_dim": 3}}

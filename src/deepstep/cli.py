@@ -1,4 +1,4 @@
-"""`deepstep` command line: list, options, train, resume, eval, predict, play, scratch.
+"""`deepstep` command line: list, options, train, resume, eval, predict, sample, play, scratch.
 
 User errors exit with code 2 and one paragraph (no traceback); success exits 0."""
 
@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+")
     s.add_argument("--top", type=int, default=1, help="show the K most likely classes")
     s.add_argument("--json", action="store_true", help="print JSON lines")
+    s.add_argument("--out", help="autoencoder and VAE runs: folder for the reconstructions "
+                   "(NAME-recon.png beside NAME.png inputs; default RUN/predictions)")
+
+    s = sub.add_parser("sample", help="generate images from a GAN or VAE run into one PNG grid")
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=int, default=64, help="number of images")
+    s.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the latent codes")
+    s.add_argument("--cols", type=int, default=8, help="images per row")
 
     s = sub.add_parser("play", help="play one greedy episode of a reinforcement-learning run; --gif saves it")
     s.add_argument("run_dir")
@@ -128,7 +137,7 @@ def _report(result) -> None:
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
     s = result.summary
-    keys = [k for k in s if k.startswith(("test/", "baseline/"))]
+    keys = [k for k in s if k.startswith(("test/", "baseline/", "samples/"))]
     keys += [k for k in ("eval/return_mean", "eval/return_std") if k in s]  # reinforcement learning
     print(f"\nrun directory: {result.run_dir}")
     print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
@@ -162,6 +171,9 @@ def cmd_predict(args) -> None:
     from .run import load_run
 
     run = load_run(args.run_dir)
+    if run.meta["task"] == "gan":
+        raise UserError(f"'{run.path}' is a GAN run: it generates images (deepstep sample {run.path}) "
+                        "and has nothing to predict for an input.")
     if run.meta["task"] == "forecast":
         _predict_series(run, args)
         return
@@ -174,12 +186,7 @@ def cmd_predict(args) -> None:
         x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"],
                                run.cfg.data.label_column)
     if run.meta["task"] in ("autoencode", "vae"):  # tasks/generative.py
-        from .tasks.generative import anomaly_scores
-
-        for name, score in zip(names, anomaly_scores(run.model, run.normalizer(np.asarray(x, dtype=np.float32)),
-                                               run.cfg.gen.decoder, run.cfg.gen.sigma)):
-            print(json.dumps({"input": name, "anomaly_score": float(score)}) if args.json
-                  else f"{name}: anomaly score {float(score):.3f} nats")
+        _predict_reconstructions(run, x, names, args)
         return
     out = run.predict_proba(x)
     classes = run.meta["classes"]
@@ -195,6 +202,48 @@ def cmd_predict(args) -> None:
             print(json.dumps({"input": name, "top": [{"class": classes[i], "probability": float(p[i])} for i in top]}))
         else:
             print(f"{name}: " + ", ".join(f"{classes[i]} ({p[i]:.3f})" for i in top))
+
+
+def _predict_reconstructions(run, x, names, args) -> None:
+    """Autoencoders and VAEs: the anomaly score of each input and its reconstruction, written as
+    a PNG (input above, reconstruction below) when the run reads images."""
+    import numpy as np
+
+    from .tasks.generative import anomaly_scores, image_grid, reconstruct, save_png
+
+    x = run.normalizer(np.asarray(x, dtype=np.float32))
+    scores = anomaly_scores(run.model, x, run.cfg.gen.decoder, run.cfg.gen.sigma)
+    recon = reconstruct(run.model, x)
+    out = Path(args.out) if args.out else run.path / "predictions"
+    for i, (name, score) in enumerate(zip(names, scores)):
+        rec = {"input": name, "anomaly_score": round(float(score), 4)}
+        if run.meta["kind"] == "image":
+            f = out / f"{Path(str(name).split('[')[0]).stem or 'input'}-{i}-recon.png"
+            save_png(f, image_grid(np.stack([x[i], recon[i].numpy()]), 2))
+            rec["reconstruction"] = str(f)
+        print(json.dumps(rec) if args.json else f"{name}: anomaly score {rec['anomaly_score']:.3f} nats"
+              + (f", reconstruction {rec['reconstruction']}" if "reconstruction" in rec else ""))
+
+
+def cmd_sample(args) -> None:
+    import torch
+
+    from .run import load_run
+    from .tasks.generative import image_grid, save_png
+
+    run = load_run(args.run_dir)
+    if not hasattr(run.model, "sample"):
+        raise UserError(f"'{run.path}' is a {run.meta['task']} run with model '{run.cfg.model['name']}', which does "
+                        "not generate: `deepstep sample` needs a GAN (task gan) or VAE (task vae) run.")
+    if run.meta["kind"] != "image":
+        raise UserError(f"'{run.path}' was trained on {run.meta['kind']} data; `deepstep sample` draws images.")
+    if not 1 <= args.n <= 10000 or args.cols < 1:
+        raise UserError(f"--n {args.n} must be between 1 and 10000, and --cols at least 1.")
+    if not args.out.lower().endswith(".png"):
+        raise UserError(f"--out {args.out}: the file name must end in .png.")
+    images = run.model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    save_png(Path(args.out), image_grid(images, min(args.cols, args.n)))
+    print(f"{args.n} samples from {run.path} (seed {args.seed}) written to {args.out}")
 
 
 def _predict_series(run, args) -> None:
@@ -240,7 +289,7 @@ def cmd_scratch(args) -> None:
 
 
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
-            "eval": cmd_eval, "predict": cmd_predict, "play": cmd_play, "scratch": cmd_scratch}
+            "eval": cmd_eval, "predict": cmd_predict, "sample": cmd_sample, "play": cmd_play, "scratch": cmd_scratch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,6 +72,8 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
     else:
         run = RunDir.create(path, cfg.to_dict()) if runtime.is_main else RunDir(path)
     task = TASKS.get(cfg.task)(cfg, runtime)
+    if runtime.is_main and hasattr(task, "set_run_dir"):  # tasks that write pictures during training
+        task.set_run_dir(run.path)
     loop = Loop(task, runtime, cfg.train.epochs, run, _callbacks(task, cfg, verbose, runtime.is_main),
                 cfg.train.checkpoint_every, cfg.train.log_every)
     if resume and run.checkpoint.exists():

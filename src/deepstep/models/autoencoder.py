@@ -89,12 +89,20 @@ class VAE(nn.Module):
         z = mu + torch.exp(0.5 * logvar) * eps
         return self.decode(z), mu, logvar
 
+    def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n codes from the prior N(0, I)."""
+        p = next(self.parameters())
+        return torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
+
+    @torch.no_grad()
+    def images(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli means sigmoid(decode(z)): images in [0, 1] for codes z."""
+        return torch.sigmoid(self.decode(z))
+
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images from the prior: Bernoulli means sigmoid(decode(z)), z ~ N(0, I)."""
-        p = next(self.parameters())
-        z = torch.randn(n, self.latent_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return torch.sigmoid(self.decode(z))
+        return self.images(self.noise(n, generator))
 
 
 @MODELS.register("ae-mlp")

@@ -1,3 +1,3 @@
 """Tasks: what one training step means, with its losses and metrics."""
 
-from . import forecast, generative, supervised  # noqa: F401  (modules register their tasks)
+from . import forecast, gan, generative, supervised  # noqa: F401  (modules register their tasks)

@@ -33,6 +33,7 @@ from ..engine.runtime import unwrap
 from ..errors import UserError
 from ..models.autoencoder import is_generative
 from ..registry import MODELS, TASKS
+from .frechet import sample_quality
 from .supervised import Supervised
 
 EVAL_SEED = 1234  # seed of the posterior samples used in evaluation
@@ -153,12 +154,14 @@ class Generative(Supervised):
         x = self.data["test" if "test" in self.data else "train"].x[:32]
         cols = min(8, len(x))
         x = x[:len(x) // cols * cols]
-        recon = torch.sigmoid(model.decode(model.encode(x)[0])) if self.kind == "vae" else model(x)
+        recon = reconstruct(model, x)
         pairs = torch.stack([x.reshape(-1, cols, *x.shape[1:]), recon.reshape(-1, cols, *x.shape[1:])], 1)
         save_png(Path(path) / "reconstructions.png", image_grid(pairs.flatten(0, 2), cols))
         if self.kind == "vae":
             gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
             save_png(Path(path) / "samples.png", image_grid(model.sample(64, generator=gen), 8))
+            save_png(Path(path) / "interpolation.png", interpolation_strip(model))
+        save_loss_curves(Path(path))
         d = self.data["test" if "test" in self.data else "train"]
         codes = model.encode(d.x[:2000])
         save_latent_scatter(Path(path) / "latent.png", codes[0] if self.kind == "vae" else codes, d.y[:2000],
@@ -193,6 +196,8 @@ class Generative(Supervised):
         out = {f"{split}/{k}": v / len(x) for k, v in sums.items()}
         if self.kind == "vae":
             out[f"{split}/neg_elbo"] = out[f"{split}/recon"] + out[f"{split}/kl"]
+            if split == "test" and self.meta["kind"] == "image":  # quality of prior samples (tasks/frechet.py)
+                out.update(sample_quality(self, unwrap(self.model), "test"))
         return out
 
 
@@ -209,8 +214,20 @@ def anomaly_scores(model, x: torch.Tensor, decoder: str = "bernoulli", sigma: fl
     return F.binary_cross_entropy(model(x), x, reduction="none").flatten(1).sum(1)
 
 
-def image_grid(images: torch.Tensor, cols: int) -> np.ndarray:
+@torch.inference_mode()
+def reconstruct(model, x) -> torch.Tensor:
+    """Reconstructions in [0, 1] of inputs in [0, 1]: the autoencoder's output, or for a VAE the
+    decoder's Bernoulli means at the posterior mean."""
+    model.eval()
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if hasattr(model, "sample"):
+        return torch.sigmoid(model.decode(model.encode(x)[0]))
+    return model(x)
+
+
+def image_grid(images, cols: int) -> np.ndarray:
     """Tile (N, C, H, W) images in [0, 1] into one (rows*(H+1)-1, cols*(W+1)-1[, 3]) array, 1-pixel gaps."""
+    images = torch.as_tensor(images)
     n, c, h, w = images.shape
     rows = -(-n // cols)
     grid = np.ones((c, rows * (h + 1) - 1, cols * (w + 1) - 1), dtype=np.float32)
@@ -224,9 +241,56 @@ def save_png(path: Path, grid: np.ndarray) -> None:
     """Write an image array (gray or RGB, values in [0, 1]) as PNG, atomically."""
     import matplotlib.image
 
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     matplotlib.image.imsave(buf, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
     atomic_write(path, buf.getvalue())
+
+
+@torch.no_grad()
+def interpolation_strip(model, rows: int = 6, steps: int = 10):
+    """Rows of images decoded along straight lines between pairs of latent codes (fixed seed);
+    `model` has noise(n, generator) and images(z) in [0, 1] (the GAN and the VAE)."""
+    was = model.training
+    model.eval()
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(EVAL_SEED + 2)
+    a, b = model.noise(rows, gen), model.noise(rows, gen)
+    t = torch.linspace(0, 1, steps, device=a.device).view(1, steps, 1)
+    z = (a[:, None] * (1 - t) + b[:, None] * t).flatten(0, 1)  # (rows * steps, latent)
+    images = model.images(z)
+    model.train(was)
+    return image_grid(images, steps)
+
+
+def save_loss_curves(run_path: Path) -> None:
+    """losses.png: the per-epoch training losses (train/*, gan/*_loss) and validation losses of
+    the run's metrics.jsonl, one line each."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    f = Path(run_path) / "metrics.jsonl"
+    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
+    rows = [r for r in rows if "epoch" in r]
+    keys = sorted({k for r in rows for k in r if k.endswith(("loss", "/recon", "/kl", "neg_elbo", "frechet"))})
+    if not rows or not keys:
+        return
+    fig, axes = plt.subplots(1, 2 if any("frechet" in k for k in keys) else 1, figsize=(9, 3.5), squeeze=False)
+    for k in keys:
+        ax = axes[0, 1] if "frechet" in k else axes[0, 0]
+        pts = [(r["epoch"], r[k]) for r in rows if k in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", label=k)
+    for ax in axes[0]:
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write(Path(run_path) / "losses.png", buf.getvalue())
 
 
 def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classes: list[str]) -> None:

@@ -250,6 +250,13 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
     assert [ln["input"].endswith(s) for ln, s in zip(lines, ("[0]", "[1]"))] == [True, True]
     assert lines[0]["anomaly_score"] < lines[1]["anomaly_score"]
+    # each input's reconstruction is written beside it: input left, reconstruction right
+    for ln in lines:
+        pair = matplotlib.image.imread(ln["reconstruction"])
+        assert pair.shape[:2] == (8, 2 * 9 - 1) and Path(ln["reconstruction"]).parent == tmp_path / "run" / "predictions"
+    if cfg.task == "vae":
+        assert (tmp_path / "run" / "interpolation.png").is_file()
+        assert 1 <= res["samples/class_coverage"] <= 10 and res["samples/frechet"] > 0
 
 
 def test_importance_sampled_nll_matches_numerical_integration():

@@ -206,7 +206,7 @@ def cmd_predict(args) -> None:
 
 def _predict_reconstructions(run, x, names, args) -> None:
     """Autoencoders and VAEs: the anomaly score of each input and its reconstruction, written as
-    a PNG (input above, reconstruction below) when the run reads images."""
+    a PNG (input left, reconstruction right) when the run reads images."""
     import numpy as np
 
     from .tasks.generative import anomaly_scores, image_grid, reconstruct, save_png

@@ -254,6 +254,8 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
     for ln in lines:
         pair = matplotlib.image.imread(ln["reconstruction"])
         assert pair.shape[:2] == (8, 2 * 9 - 1) and Path(ln["reconstruction"]).parent == tmp_path / "run" / "predictions"
+    sampled = main(["sample", str(tmp_path / "run"), "--n", "4", "--out", str(tmp_path / "s.png")])
+    assert sampled == (0 if cfg.task == "vae" else 2)  # an autoencoder has no prior to sample from
     if cfg.task == "vae":
         assert (tmp_path / "run" / "interpolation.png").is_file()
         assert 1 <= res["samples/class_coverage"] <= 10 and res["samples/frechet"] > 0

@@ -2,7 +2,8 @@
 inside the engine's one step (architecture principle 4).
 
 One step, for a batch of real images x in [0, 1] (rescaled to [-1, 1], the generator's tanh range):
-    1. discriminator: minimize BCE(D(x), real_label) + BCE(D(G(z)), 0) — gen.real_label = 0.9 is
+    1. discriminator: minimize BCE(D(x), real_label) + BCE(D(G(z)), 0) (real and generated images
+       in separate batches, so D's batch norm sees the same kind of batch as in step 2) — gen.real_label = 0.9 is
        one-sided label smoothing (Salimans et al. 2016); G(z) is detached, so G gets no gradient.
     2. generator, every gen.d_steps batches: the non-saturating loss BCE(D(G(z)), 1) = -log D(G(z))
        (Goodfellow et al. 2014), with the discriminator's parameters frozen for that backward so
@@ -77,15 +78,17 @@ class GANTask(Supervised):
         real = batch[0] * 2 - 1
         n = len(real)
         fake = gan.generate(gan.noise(n))
+        # real and fake images go through D as separate batches: with batch norm in D, a mixed
+        # batch would normalize the fakes differently here than in the generator's step below
         with self.rt.autocast():
-            logits = gan.discriminator(torch.cat([real, fake.detach()])).float().squeeze(1)
-        target = torch.cat([torch.full((n,), self.cfg.gen.real_label, device=real.device),
-                            torch.zeros(n, device=real.device)])
-        d_loss = F.binary_cross_entropy_with_logits(logits, target)
+            real_logits = gan.discriminator(real).float().squeeze(1)
+            fake_logits = gan.discriminator(fake.detach()).float().squeeze(1)
+        d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, self.cfg.gen.real_label))
+                        + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))  # mean over 2n
         self.opt_d.step(d_loss)
         self.n_batches += 1
-        out = {"gan/d_loss": d_loss, "gan/d_real": torch.sigmoid(logits[:n]).mean(),
-               "gan/d_fake": torch.sigmoid(logits[n:]).mean()}
+        out = {"gan/d_loss": d_loss, "gan/d_real": torch.sigmoid(real_logits).mean(),
+               "gan/d_fake": torch.sigmoid(fake_logits).mean()}
         if self.n_batches % self.cfg.gen.d_steps == 0:
             d_params = [p for p in gan.discriminator.parameters() if p.requires_grad]
             for p in d_params:

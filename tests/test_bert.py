@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import doctest
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -256,3 +257,15 @@ def test_predict_from_the_run_directory_alone(bert_run):
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [row["input"] for row in rows] == ["the astronaut saw a comet", "garlic onion soup"]
     assert all(row["top"][0]["class"] in ("space", "kitchen") for row in rows)
+
+
+def test_hub_offline_switches_the_hub_off_for_the_block_only(monkeypatch):
+    import huggingface_hub.constants as hub
+
+    from deepstep.models.bert import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", False)
+    with hub_offline():
+        assert hub.HF_HUB_OFFLINE and hub.is_offline_mode()
+    assert not hub.HF_HUB_OFFLINE and "HF_HUB_OFFLINE" not in os.environ

@@ -102,7 +102,8 @@ def hub_offline(on: bool = True):
     import huggingface_hub.constants as hub
     from transformers.utils import logging as hf_logging
 
-    saved = os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE, hf_logging.get_verbosity()
+    saved = (os.environ.get("HF_HUB_OFFLINE"), hub.HF_HUB_OFFLINE, hf_logging.get_verbosity(),
+             hf_logging.is_progress_bar_enabled())
     if on:
         os.environ["HF_HUB_OFFLINE"], hub.HF_HUB_OFFLINE = "1", True
     hf_logging.set_verbosity_error()
@@ -116,7 +117,8 @@ def hub_offline(on: bool = True):
             os.environ["HF_HUB_OFFLINE"] = saved[0]
         hub.HF_HUB_OFFLINE = saved[1]
         hf_logging.set_verbosity(saved[2])
-        hf_logging.enable_progress_bar()
+        if saved[3]:
+            hf_logging.enable_progress_bar()
 
 
 def check_local_folder(folder: str, need_weights: bool, pretrained: str) -> None:

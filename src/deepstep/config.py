@@ -43,7 +43,8 @@ class DataConfig:
     workers: int = opt(2, "with data.stream: DataLoader worker processes reading batches (0: in the training process)")
     text_column: str = opt("text", "CSV/JSONL text data: name of the column holding the text")
     topics: list[str] = opt([], "fortunes: topic files to classify (empty: startrek, linux, definitions, zippy, songs-poems)")
-    tokenizer: str = opt("word", "text: 'word' (vocabulary from the training split) or 'char'")
+    tokenizer: str = opt("word", "text: 'word' (vocabulary from the training split), 'char', or 'pretrained' "
+                                 "(the tokenizer of model.pretrained, for model 'bert')")
     lowercase: bool = opt(True, "text: lower-case before tokenizing")
     min_freq: int = opt(2, "text: keep tokens seen at least this often in the training split (others: <unk>)")
     max_vocab: int = opt(20000, "text: keep at most this many most frequent tokens (0: no limit)")
@@ -54,8 +55,8 @@ class DataConfig:
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
                 raise UserError(f"data.{name} = {v} is out of range: expected a fraction in [0, 1).")
-        if self.tokenizer not in ("word", "char"):
-            raise unknown("tokenizer", self.tokenizer, ("word", "char"))
+        if self.tokenizer not in ("word", "char", "pretrained"):
+            raise unknown("tokenizer", self.tokenizer, ("word", "char", "pretrained"))
         for name in ("min_freq", "max_vocab", "max_length"):
             if getattr(self, name) < (1 if name == "min_freq" else 0):
                 raise UserError(f"data.{name} = {getattr(self, name)} must be at least {1 if name == 'min_freq' else 0}.")
@@ -88,16 +89,16 @@ class OptimConfig:
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+SCHEDULES = ("constant", "step", "cosine", "linear", "onecycle", "plateau")
 
 
 @dataclass
 class SchedConfig:
-    name: str = opt("constant", "learning-rate schedule: constant, step, cosine, onecycle, plateau")
+    name: str = opt("constant", "learning-rate schedule: constant, step, cosine, linear (decay to min_lr), onecycle, plateau")
     warmup_epochs: float = opt(0.0, "linear warm-up length in epochs (fractions allowed)")
     step_epochs: int = opt(10, "step: multiply the rate by `gamma` every this many epochs")
     gamma: float = opt(0.1, "step: factor applied every `step_epochs`")
-    min_lr: float = opt(0.0, "cosine/onecycle: final learning rate")
+    min_lr: float = opt(0.0, "cosine/linear/onecycle: final learning rate")
     factor: float = opt(0.5, "plateau: factor applied when the monitored metric stalls")
     patience: int = opt(2, "plateau: epochs without improvement before reducing the rate")
 

@@ -12,7 +12,7 @@ import torch
 
 from .config import RunConfig, read_toml
 from .data.arrays import Normalizer
-from .data.tokenize import TOKENIZER_FILE, Tokenizer
+from .data.tokenize import TOKENIZER_FILE, PretrainedTokenizer, Tokenizer
 from .engine.callbacks import BestWeights, Progress
 from .engine.checkpoint import load_checkpoint, load_state, load_weights, save_weights
 from .engine.loop import Loop
@@ -150,7 +150,7 @@ class LoadedRun:
     meta: dict
     model: torch.nn.Module
     normalizer: Normalizer
-    tokenizer: Tokenizer | None = None
+    tokenizer: Tokenizer | PretrainedTokenizer | None = None
 
     @torch.inference_mode()
     def predict_proba(self, x) -> np.ndarray:
@@ -173,14 +173,20 @@ def load_run(run_dir: Path | str) -> LoadedRun:
         raise UserError(f"'{run.path}' is a reinforcement-learning run: use `deepstep eval` or `deepstep play`.")
     vocab = (meta["vocab_size"],) if "vocab_size" in meta else ()  # text: the factory's third data argument
     # the run's own weights replace any `pretrained` ones: the run directory alone is enough
-    model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"], *vocab,
-                         **{k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")})
+    options = {k: v for k, v in cfg.model.items() if k not in ("name", "pretrained")}
+    if "from_scratch" in options:  # a Hugging Face encoder: its architecture from RUN/encoder/config.json
+        from .models.bert import ENCODER_DIR
+
+        options.update(pretrained=str(run.path / ENCODER_DIR), from_scratch=True)
+    model = create_model(cfg.model["name"], tuple(meta["in_shape"]), meta["num_outputs"], *vocab, **options)
     tensors = load_weights(run.weights)
     load_state(model, {k.removeprefix("model."): v for k, v in tensors.items()}, str(run.weights))
     model.eval()
     n = meta["normalizer"]
     tokenizer = None
-    if meta.get("kind") == "text":
+    if meta.get("kind") == "text" and cfg.data.tokenizer == "pretrained":
+        tokenizer = PretrainedTokenizer.load(run.path)
+    elif meta.get("kind") == "text":
         f = run.path / TOKENIZER_FILE
         tokenizer = Tokenizer.from_dict(run.read_json(f), str(f))
     return LoadedRun(run.path, cfg, meta, model, Normalizer(n["mean"], n["std"], n["kind"]), tokenizer)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -98,6 +99,14 @@ class Tokenizer:
         sep = "" if self.kind == "char" else " "
         return sep.join(self.vocab[i] for i in ids if i != 0)
 
+    def save(self, run_path) -> None:
+        """Write tokenizer.json into the run directory `run_path`."""
+        import json
+
+        from ..engine.checkpoint import atomic_write
+
+        atomic_write(Path(run_path) / TOKENIZER_FILE, json.dumps(self.to_dict()).encode())
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "lowercase": self.lowercase, "max_length": self.max_length,
                 "vocab": self.vocab}
@@ -108,3 +117,104 @@ class Tokenizer:
             return cls(d["kind"], list(d["vocab"]), bool(d["lowercase"]), int(d["max_length"]))
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{where} is not a deepstep tokenizer (missing or bad field: {e}).") from None
+
+
+PRETRAINED_DIR = "tokenizer"  # in the run directory: the pretrained tokenizer's files
+PRETRAINED_SETTINGS = "deepstep.json"  # in that folder: max_length and the source
+
+
+class PretrainedTokenizer:
+    """The tokenizer of a pretrained encoder (data.tokenizer = "pretrained"; models/bert.py), with
+    the interface of `Tokenizer`: `encode(texts)` -> int64 ids (N, max_length), right-padded with
+    the tokenizer's pad id ([CLS] ... [SEP] for BERT, truncated to max_length). Its own rules decide
+    lower-casing (data.lowercase does not apply); HTML line breaks become spaces as for `Tokenizer`.
+
+    Saved into RUN/tokenizer/ with `save_pretrained` (plus deepstep.json), and rebuilt from there
+    alone by `deepstep predict`."""
+
+    def __init__(self, hf, max_length: int, source: str):
+        hf.padding_side = "right"  # models cut batches to their longest row: padding must trail
+        self.hf, self.max_length, self.source = hf, max_length, source
+        self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @classmethod
+    def from_pretrained(cls, pretrained: str, texts, max_length: int = 0) -> PretrainedTokenizer:
+        """The tokenizer of model.pretrained; `max_length` 0: the longest of `texts` (in tokens),
+        capped at the tokenizer's own limit either way."""
+        from ..models.bert import check_local_folder, resolve_source
+
+        source, local = resolve_source(pretrained)
+        if local:
+            check_local_folder(source, False, pretrained)
+        tok = cls(_auto_tokenizer(source, local, f"model.pretrained = '{pretrained}'"), 1, pretrained)
+        limit = tok.hf.model_max_length if 0 < tok.hf.model_max_length < 1_000_000 else 0
+        if not max_length:
+            max_length = max((len(ids) for ids in tok.hf([_clean(t) for t in texts])["input_ids"]), default=1)
+        tok.max_length = min(max_length, limit) if limit else max_length
+        return tok
+
+    def encode(self, texts) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, self.max_length), dtype=np.int64)
+        enc = self.hf([_clean(t) for t in texts], truncation=True, max_length=self.max_length,
+                      padding="max_length", return_attention_mask=False)
+        return np.asarray(enc["input_ids"], dtype=np.int64)
+
+    def decode(self, ids) -> str:
+        return self.hf.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True)
+
+    def save(self, run_path) -> None:
+        import json
+
+        folder = Path(run_path) / PRETRAINED_DIR
+        self.hf.save_pretrained(folder)
+        (folder / PRETRAINED_SETTINGS).write_text(json.dumps({"max_length": self.max_length, "source": self.source}))
+
+    @classmethod
+    def load(cls, run_path) -> PretrainedTokenizer:
+        import json
+
+        folder = Path(run_path) / PRETRAINED_DIR
+        f = folder / PRETRAINED_SETTINGS
+        if not f.is_file():
+            raise UserError(f"'{folder}' holds no saved pretrained tokenizer ({PRETRAINED_SETTINGS} is missing); "
+                            "the run did not finish?")
+        settings = json.loads(f.read_text())
+        return cls(_auto_tokenizer(str(folder), True, f"the run's tokenizer '{folder}'"),
+                   int(settings["max_length"]), settings.get("source", ""))
+
+
+def _clean(text: str) -> str:
+    return BREAKS.sub(" ", str(text))
+
+
+def _auto_tokenizer(source: str, local: bool, what: str):
+    from transformers import AutoTokenizer
+
+    from ..models.bert import hub_offline
+
+    try:
+        with hub_offline(local):
+            return AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{what}: cannot load a Hugging Face tokenizer from '{source}' "
+                        f"({str(e).splitlines()[0]}). Expected tokenizer files (tokenizer.json or vocab.txt "
+                        "with tokenizer_config.json) next to config.json.") from None
+
+
+def build_tokenizer(texts, data_cfg, model_cfg: dict):
+    """The tokenizer a text run uses: deepstep's own `Tokenizer` fitted on `texts` (the training
+    split), or with data.tokenizer = "pretrained" the tokenizer of model.pretrained."""
+    if data_cfg.tokenizer != "pretrained":
+        return Tokenizer.from_config(texts, data_cfg)
+    pretrained = model_cfg.get("pretrained")
+    if not isinstance(pretrained, str):
+        raise UserError(f"data.tokenizer = 'pretrained' takes the tokenizer of model.pretrained, but model "
+                        f"'{model_cfg.get('name')}' has no `pretrained` source; use it with model 'bert', or set "
+                        "data.tokenizer = 'word' or 'char'.")
+    return PretrainedTokenizer.from_pretrained(pretrained, texts, data_cfg.max_length)
+

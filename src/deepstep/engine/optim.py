@@ -27,7 +27,9 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
 
 
 def lr_multiplier(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs: int):
-    """Step -> factor on the base rate, for constant, step and cosine with linear warm-up."""
+    """Step -> factor on the base rate, for constant, step, cosine and linear decay, each after a
+    linear warm-up. cosine and linear head for min_lr, reached after the last step (linear: BERT's
+    schedule, as Hugging Face's get_linear_schedule_with_warmup)."""
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     total = max(1, epochs * steps_per_epoch)
     floor = cfg.min_lr / base_lr
@@ -40,6 +42,9 @@ def lr_multiplier(cfg: SchedConfig, base_lr: float, steps_per_epoch: int, epochs
         if cfg.name == "cosine":
             t = min(1.0, (step - warm) / max(1, total - warm))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if cfg.name == "linear":
+            t = min(1.0, (step - warm) / max(1, total - warm))
+            return floor + (1 - floor) * (1 - t)
         return 1.0
 
     return factor, warm

@@ -4,22 +4,22 @@ and regression (MSE/L1/Huber; RMSE, MAE). The step is one forward/backward on a 
 Text (data kind "text"): after the split, a tokenizer is built on the training texts only and
 every part becomes int64 ids (N, T) — no normalization; the model gets the vocabulary size as its
 third positional argument (models/rnn.py). `extras` then saves the tokenizer (tokenizer.json) and
-scores a TF-IDF + logistic-regression baseline on the same split (tasks/baselines.py)."""
+scores a TF-IDF + logistic-regression baseline on the same split (tasks/baselines.py).
+With data.tokenizer = "pretrained" the tokenizer is instead the pretrained encoder's own (the
+source named by model.pretrained; models/bert.py), saved into RUN/tokenizer/ with the encoder's
+config.json in RUN/encoder/."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.arrays import Arrays, Normalizer, StreamData, TensorData, augment_images, split
-from ..data.tokenize import TOKENIZER_FILE, Tokenizer
+from ..data.tokenize import PretrainedTokenizer, build_tokenizer
 from ..engine.callbacks import monitor_mode
-from ..engine.checkpoint import atomic_write
 from ..engine.optim import Optimization
 from ..engine.runtime import unwrap
 from ..errors import UserError
@@ -64,7 +64,7 @@ class Supervised:
         self.tokenizer, self.texts = None, {}
         if arrays.kind == "text":
             self.texts = {k: v for k, v in parts.items() if v is not None}  # raw, for the baseline
-            self.tokenizer = Tokenizer.from_config(parts["train"][0], cfg.data)
+            self.tokenizer = build_tokenizer(parts["train"][0], cfg.data, cfg.model)
             parts = {k: v and (self.tokenizer.encode(v[0]), v[1]) for k, v in parts.items()}
         x_train = parts["train"][0]
         if stream:  # statistics from (up to) the first 10,000 training rows, in file order
@@ -93,7 +93,14 @@ class Supervised:
             if self.tokenizer and name not in text_models():
                 raise UserError(f"Model '{name}' reads numbers, not token ids; for text data "
                                 f"({arrays.source}) use one of: {', '.join(text_models())}.")
+            if self.tokenizer and "pretrained" in cfg.model and not isinstance(self.tokenizer, PretrainedTokenizer):
+                raise UserError(f"Model '{name}' reads the ids of its pretrained tokenizer: set "
+                                f"data.tokenizer = 'pretrained' (not '{cfg.data.tokenizer}').")
             model = create_model(name, *data_args, **{k: v for k, v in cfg.model.items() if k != "name"})
+            pad = getattr(model, "pad_id", None)
+            if isinstance(self.tokenizer, PretrainedTokenizer) and pad not in (None, self.tokenizer.pad_id):
+                raise UserError(f"The tokenizer of '{self.tokenizer.source}' pads with id {self.tokenizer.pad_id}, "
+                                f"but its encoder's config.json says pad_token_id = {pad}.")
         check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
@@ -175,12 +182,16 @@ class Supervised:
                        self.meta["num_outputs"])
 
     def extras(self, path=None) -> dict:
-        """Text runs: save the tokenizer into the run directory `path` and score the TF-IDF +
-        logistic-regression baseline on the same training and test parts."""
+        """Text runs: save the tokenizer (and a pretrained encoder's config.json) into the run
+        directory `path` and score the TF-IDF + logistic-regression baseline on the same training
+        and test parts."""
         if self.tokenizer is None:
             return {}
         if path is not None:
-            atomic_write(Path(path) / TOKENIZER_FILE, json.dumps(self.tokenizer.to_dict()).encode())
+            self.tokenizer.save(path)
+            save = getattr(unwrap(self.model), "save_run_files", None)  # e.g. a pretrained encoder's config
+            if save is not None:
+                save(path)
         if not self.classify or "test" not in self.texts:
             return {}
         from .baselines import tfidf_logreg

@@ -16,8 +16,10 @@ def stage_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
     `param_groups()` -> [(name, params), ...] ordered from the input to the head; the head gets
     `cfg.lr` and each earlier stage `cfg.stage_lr_decay` once more (lr * decay**k, k stages before
     the head). Frozen parameters are left out, and a stage with none left has no group. Any other
-    model is one group at `cfg.lr`."""
-    named = model.param_groups() if hasattr(model, "param_groups") else [("all", list(model.parameters()))]
+    model, or stage_lr_decay = 1, is one group at `cfg.lr` (as before stages existed, so older
+    checkpoints still resume)."""
+    staged = hasattr(model, "param_groups") and cfg.stage_lr_decay != 1.0
+    named = model.param_groups() if staged else [("all", list(model.parameters()))]
     n = len(named)
     groups = []
     for i, (name, params) in enumerate(named):

@@ -36,6 +36,8 @@ class DataConfig:
     image_size: int = opt(0, "image folders: resize images to this square size (0: first image's size)")
     grayscale: bool = opt(False, "image folders: convert images to one channel")
     limit: int = opt(0, "use only the first N training examples (0: all)")
+    train_limit: int = opt(0, "train on only the first N examples of the training part, after the validation "
+                              "and test parts are held out, so the test part stays the same (0: all)")
     download: bool = opt(True, "download missing files from the official mirror into the cache")
     augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
     stream: bool = opt(False, "read batches from disk with a DataLoader instead of holding the data in "
@@ -57,6 +59,8 @@ class DataConfig:
                 raise UserError(f"data.{name} = {v} is out of range: expected a fraction in [0, 1).")
         if self.tokenizer not in ("word", "char", "pretrained"):
             raise unknown("tokenizer", self.tokenizer, ("word", "char", "pretrained"))
+        if self.train_limit < 0:
+            raise UserError(f"data.train_limit = {self.train_limit} must be 0 (all) or a number of examples.")
         for name in ("min_freq", "max_vocab", "max_length"):
             if getattr(self, name) < (1 if name == "min_freq" else 0):
                 raise UserError(f"data.{name} = {getattr(self, name)} must be at least {1 if name == 'min_freq' else 0}.")
@@ -78,12 +82,18 @@ class OptimConfig:
     betas: list[float] = opt([0.9, 0.999], "Adam/AdamW betas")
     eps: float = opt(1e-8, "Adam/AdamW/RMSprop epsilon")
     alpha: float = opt(0.99, "RMSprop smoothing constant")
+    stage_lr_decay: float = opt(1.0, "discriminative learning rates: the head gets optim.lr and each earlier stage "
+                                     "of a staged model (resnet18/34/50: layer4, ..., layer1, stem) this factor once "
+                                     "more, e.g. 0.5; 1: one rate for all; models without stages: one rate")
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise unknown("optimizer", self.name, OPTIMIZERS)
         if self.lr <= 0:
             raise UserError(f"optim.lr = {self.lr} must be positive.")
+        if not 0.0 < self.stage_lr_decay <= 1.0:
+            raise UserError(f"optim.stage_lr_decay = {self.stage_lr_decay} must be in (0, 1]: the factor by which "
+                            "each earlier stage's learning rate shrinks (1: off).")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise UserError(f"optim.betas = {self.betas} must be two numbers in [0, 1), e.g. [0.9, 0.999].")
 
@@ -126,6 +136,8 @@ class TrainConfig:
     precision: str = opt("fp32", "fp32 or bf16 (autocast)")
     channels_last: bool = opt(False, "use channels-last memory format for conv nets")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)")
+    cache_features: bool = opt(False, "feature extraction: with a frozen backbone (model.freeze = 'backbone'), "
+                                      "encode every split once and train only the head on the cached features")
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):
@@ -248,6 +260,22 @@ class GenConfig:
 
 
 @dataclass
+class TransferConfig:
+    pretrain: str = opt("", "transfer: recipe (name or TOML file) whose run supplies model.pretrained; trained once "
+                            "on first use and cached in $DEEPSTEP_CACHE/pretrained/ ('': off)")
+    pretrain_set: list[str] = opt([], "transfer: --set overrides for the pretraining recipe, e.g. ['train.epochs=1'] "
+                                      "(part of the cache key)")
+    scratch_baseline: bool = opt(False, "transfer: also train the same model from scratch (no pretrained weights, "
+                                        "nothing frozen, one learning rate) on the same split; "
+                                        "reports baseline/scratch_acc")
+
+    def __post_init__(self):
+        for item in self.pretrain_set:
+            if "=" not in item:
+                raise UserError(f"transfer.pretrain_set: '{item}' is not of the form key=value (e.g. train.epochs=1).")
+
+
+@dataclass
 class RunConfig:
     task: str = opt("classify", "what one training step means: classify, regress, ...")
     description: str = opt("", "one line shown by `deepstep list`")
@@ -260,6 +288,7 @@ class RunConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
     gen: GenConfig = field(default_factory=GenConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     expect: dict = field(default_factory=dict)
     recipe: str = opt("", "name of the recipe this run came from")
 
@@ -277,7 +306,7 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig, "env": EnvConfig, "rl": RLConfig,
-            "forecast": ForecastConfig, "gen": GenConfig}
+            "forecast": ForecastConfig, "gen": GenConfig, "transfer": TransferConfig}
 
 
 def resolve_model_args(model: dict) -> dict:

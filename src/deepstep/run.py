@@ -63,7 +63,12 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
         >>> r.summary["test/acc"] > 0.8, r.summary["epochs"]
         (True, 3)
     """
+    from .transfer import with_pretrained
+
     t_start = time.perf_counter()
+    # before the runtime seeds the generators, so that a first-use pretraining changes nothing here
+    resuming = resume and run_dir is not None and RunDir(run_dir).checkpoint.is_file()
+    task_cfg = with_pretrained(cfg, resuming, verbose)
     runtime = Runtime.from_config(cfg.train)
     # under torchrun all ranks use rank 0's folder, and only rank 0 writes to it
     path = runtime.broadcast(str(run_dir or default_run_dir(cfg.recipe)))
@@ -71,7 +76,7 @@ def train(cfg: RunConfig, run_dir: Path | str | None = None, verbose: int = 1, r
         run = RunDir.open(path)
     else:
         run = RunDir.create(path, cfg.to_dict()) if runtime.is_main else RunDir(path)
-    task = TASKS.get(cfg.task)(cfg, runtime)
+    task = TASKS.get(cfg.task)(task_cfg, runtime)
     if runtime.is_main and hasattr(task, "set_run_dir"):  # tasks that write pictures during training
         task.set_run_dir(run.path)
     loop = Loop(task, runtime, cfg.train.epochs, run, _callbacks(task, cfg, verbose, runtime.is_main),

@@ -11,8 +11,33 @@ import torch
 from ..config import OptimConfig, SchedConfig
 
 
+def stage_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Parameter groups with discriminative learning rates. A model with stages exposes
+    `param_groups()` -> [(name, params), ...] ordered from the input to the head; the head gets
+    `cfg.lr` and each earlier stage `cfg.stage_lr_decay` once more (lr * decay**k, k stages before
+    the head). Frozen parameters are left out, and a stage with none left has no group. Any other
+    model, or stage_lr_decay = 1, is one group at `cfg.lr` (as before stages existed, so older
+    checkpoints still resume)."""
+    staged = hasattr(model, "param_groups") and cfg.stage_lr_decay != 1.0
+    named = model.param_groups() if staged else [("all", list(model.parameters()))]
+    n = len(named)
+    groups = []
+    for i, (name, params) in enumerate(named):
+        params = [p for p in params if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": cfg.lr * cfg.stage_lr_decay ** (n - 1 - i), "name": name})
+    return groups
+
+
 def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """An optimizer over `params`: parameters, or groups (dicts with `params` and `lr`, e.g. from
+    `stage_groups`); frozen parameters are skipped."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in params if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
@@ -54,7 +79,9 @@ class Optimization:
     """One optimizer with its schedule, accumulation and clipping.
 
     Args:
-        params: parameters to optimize (frozen ones are skipped).
+        params: parameters to optimize (frozen ones are skipped), or parameter groups with their
+            own base rates (`stage_groups`); every schedule scales each group's rate by the same
+            factor (one-cycle peaks at each group's rate).
         optim, sched: config sections.
         steps_per_epoch, epochs: for schedules measured in epochs.
         grad_clip: max global grad norm (0: off).
@@ -64,8 +91,8 @@ class Optimization:
 
     def __init__(self, params, optim: OptimConfig, sched: SchedConfig, steps_per_epoch: int, epochs: int,
                  grad_clip: float = 0.0, grad_accum: int = 1, monitor_mode: str = "max"):
-        self.params = [p for p in params if p.requires_grad]
-        self.optimizer = build_optimizer(self.params, optim)
+        self.optimizer = build_optimizer(params, optim)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.grad_clip = grad_clip
         self.grad_accum = grad_accum
         self.micro = 0
@@ -74,7 +101,7 @@ class Optimization:
         self.per_epoch = None  # scheduler stepped with the monitored metric
         if sched.name == "onecycle":
             self.per_step = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=optim.lr, total_steps=max(2, opt_steps * epochs),
+                self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups], total_steps=max(2, opt_steps * epochs),
                 pct_start=(sched.warmup_epochs / epochs) if sched.warmup_epochs else 0.3,
                 final_div_factor=(optim.lr / 25 / sched.min_lr) if sched.min_lr else 1e4,
             )
@@ -119,7 +146,8 @@ class Optimization:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        """The current rate of the last group: the head's, with discriminative rates."""
+        return self.optimizer.param_groups[-1]["lr"]
 
     def state_dict(self) -> dict:
         return {

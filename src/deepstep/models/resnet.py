@@ -16,6 +16,8 @@ Adapting a backbone (transfer learning), all done by the factory options:
   head trains). "Unfreeze the last N stages" is `freeze="layer{4-N}"`. Frozen parts get
   `requires_grad=False` and their batch norms stay in eval mode, so their running statistics do
   not drift either: a frozen part is bit-identical after training.
+- `new_head`: start with a fresh `fc` even when the pretrained head has the right class count
+  (another task with as many classes, e.g. Fashion-MNIST -> digits).
 - `resize`: images are resized (bilinear) to `resize` x `resize` inside the model before conv1,
   e.g. 28x28 digits to the 224x224 an ImageNet backbone was trained on (0: keep the input size).
   It adds no parameters, so the weight names stay torchvision's.
@@ -101,6 +103,18 @@ class ResNet(nn.Module):
     def forward(self, x):  # (B, C, H, W) -> (B, classes)
         return self.fc(self.features(x))
 
+    def param_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """Stages from the input to the head, for discriminative learning rates
+        (optim.stage_lr_decay): stem (conv1, bn1), layer1 .. layer4, head (fc)."""
+        stem = [*self.conv1.parameters(), *self.bn1.parameters()]
+        return [("stem", stem), *[(n, list(getattr(self, n).parameters())) for n in STAGES],
+                ("head", list(self.fc.parameters()))]
+
+    def feature_head(self):
+        """(features, head): the embedding function and the module that maps it to outputs, for
+        training the head alone on cached features (train.cache_features)."""
+        return self.features, self.fc
+
     def freeze(self, upto: str) -> None:
         """Stop training everything up to and including `upto` (see the module docstring)."""
         if upto not in FREEZE:
@@ -146,12 +160,13 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_pretrained(model: ResNet, path: str) -> None:
-    """Load a backbone's weights: the head is kept fresh when the class count differs, and RGB
-    filters are summed for a one-channel input. Anything else that does not fit is a UserError."""
+def load_pretrained(model: ResNet, path: str, new_head: bool = False) -> None:
+    """Load a backbone's weights: the head is kept fresh when the class count differs (or always,
+    with `new_head`), and RGB filters are summed for a one-channel input. Anything else that does
+    not fit is a UserError."""
     tensors = dict(read_state_dict(path))
     own = model.state_dict()
-    if "fc.weight" in tensors and tensors["fc.weight"].shape != own["fc.weight"].shape:
+    if new_head or ("fc.weight" in tensors and tensors["fc.weight"].shape != own["fc.weight"].shape):
         for k in ("fc.weight", "fc.bias"):  # another task's head: keep the fresh one
             tensors[k] = own[k]
     w = tensors.get("conv1.weight")
@@ -160,33 +175,34 @@ def load_pretrained(model: ResNet, path: str) -> None:
     load_state(model, tensors, path)
 
 
-def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, resize: int, name: str) -> ResNet:
+def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, resize: int, new_head: bool,
+           name: str) -> ResNet:
     _image_only(in_shape, name)
     if resize < 0:
         raise UserError(f"model.resize={resize} is not valid; expected an image size in pixels, or 0 to keep the input size.")
     model = ResNet(block, layers, in_shape[0], num_classes, resize)
     if pretrained:
-        load_pretrained(model, pretrained)
+        load_pretrained(model, pretrained, new_head)
     model.freeze(freeze)
     return model
 
 
 @MODELS.register("resnet18")
 def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
-             resize: int = 0) -> ResNet:
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names; pretrained, freeze, resize."""
-    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, resize, "resnet18")
+             resize: int = 0, new_head: bool = False) -> ResNet:
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names; pretrained, freeze, resize, new_head."""
+    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, resize, new_head, "resnet18")
 
 
 @MODELS.register("resnet34")
 def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
-             resize: int = 0) -> ResNet:
-    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize."""
-    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, "resnet34")
+             resize: int = 0, new_head: bool = False) -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head."""
+    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, "resnet34")
 
 
 @MODELS.register("resnet50")
 def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
-             resize: int = 0) -> ResNet:
-    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize."""
-    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, "resnet50")
+             resize: int = 0, new_head: bool = False) -> ResNet:
+    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head."""
+    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, "resnet50")

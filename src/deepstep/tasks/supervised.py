@@ -7,7 +7,13 @@ third positional argument (models/rnn.py). `extras` then saves the tokenizer (to
 scores a TF-IDF + logistic-regression baseline on the same split (tasks/baselines.py).
 With data.tokenizer = "pretrained" the tokenizer is instead the pretrained encoder's own (the
 source named by model.pretrained; models/bert.py), saved into RUN/tokenizer/ with the encoder's
-config.json in RUN/encoder/."""
+config.json in RUN/encoder/.
+
+Transfer learning (ResNets, models/resnet.py): `data.train_limit` keeps the first N training
+examples after the split (the test part stays the same); `optim.stage_lr_decay` gives each earlier
+stage a smaller rate (engine/optim.py `stage_groups`); `train.cache_features` encodes every split
+once with the frozen backbone and trains the head on the embeddings, through the same loop;
+`transfer.scratch_baseline` trains the same model from scratch on the same split in `extras`."""
 
 from __future__ import annotations
 
@@ -20,8 +26,8 @@ import torch.nn.functional as F
 from ..data.arrays import Arrays, Normalizer, StreamData, TensorData, augment_images, split
 from ..data.tokenize import PretrainedTokenizer, build_tokenizer
 from ..engine.callbacks import monitor_mode
-from ..engine.optim import Optimization
-from ..engine.runtime import unwrap
+from ..engine.optim import Optimization, stage_groups
+from ..engine.runtime import seed_everything, unwrap
 from ..errors import UserError
 from ..models.layers import check_fits, create_model, text_models
 from ..registry import DATASETS, TASKS
@@ -61,6 +67,8 @@ class Supervised:
         else:
             parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,
                           need_test=not given)
+        if cfg.data.train_limit:
+            parts["train"] = tuple(a[: cfg.data.train_limit] for a in parts["train"])
         self.tokenizer, self.texts = None, {}
         if arrays.kind == "text":
             self.texts = {k: v for k, v in parts.items() if v is not None}  # raw, for the baseline
@@ -104,9 +112,13 @@ class Supervised:
         check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
+        self.net = self.model  # what a batch goes through: the model, or its head on cached features
+        self.encode = None
+        if cfg.train.cache_features:
+            self.encode, self.net = self._feature_head(model, stream)
         n_train = len(self.data["train"]) // runtime.world_size
         self.steps_per_epoch = -(-n_train // cfg.train.batch_size)
-        self.opt = Optimization(self.model.parameters(), cfg.optim, cfg.sched, self.steps_per_epoch, cfg.train.epochs,
+        self.opt = Optimization(stage_groups(unwrap(self.model), cfg.optim), cfg.optim, cfg.sched, self.steps_per_epoch, cfg.train.epochs,
                                 cfg.train.grad_clip, cfg.train.grad_accum, monitor_mode(cfg.train.monitor))
         self.meta = {"task": cfg.task, "loss": loss, "classes": classes, "in_shape": list(in_shape),
                      "num_outputs": n_out, "kind": arrays.kind, "normalizer": self.norm.to_dict(),
@@ -114,6 +126,44 @@ class Supervised:
         if self.tokenizer:
             self.meta["vocab_size"] = self.tokenizer.vocab_size
         self.has_val = "val" in self.data
+
+    def _feature_head(self, model: torch.nn.Module, stream: bool):
+        """Check that train.cache_features applies; return the model's (features, head)."""
+        why = ""
+        if not hasattr(model, "feature_head"):
+            why = f"model '{self.cfg.model['name']}' does not split into a feature extractor and a head (resnet18/34/50 do)"
+        elif self.augment:
+            why = (f"data.augment = '{self.augment}' changes the images every epoch, so their features cannot be "
+                   "computed once: set data.augment = '' or train.cache_features = false")
+        elif stream:
+            why = "data.stream reads batches from disk: set data.stream = false"
+        elif self.rt.distributed:
+            why = "the head alone is not wrapped for distributed training: run it in one process"
+        if why:
+            raise UserError(f"train.cache_features: {why}.")
+        encode, head = model.feature_head()
+        head_params = {id(p) for p in head.parameters()}
+        trains = sorted({n.split(".")[0] for n, p in model.named_parameters()
+                         if p.requires_grad and id(p) not in head_params})
+        if trains:
+            raise UserError(f"train.cache_features needs a frozen backbone, but {', '.join(trains)} would train: "
+                            "set model.freeze = 'backbone' (or train.cache_features = false to fine-tune).")
+        return encode, head
+
+    def _features(self) -> None:
+        """Replace every split's images by their embeddings, once, with the (frozen) backbone as it is
+        now: called on first use, so a resumed run encodes with the checkpoint's weights."""
+        if self.encode is None or getattr(self, "_encoded", False):
+            return
+        model, bs = unwrap(self.model), self.cfg.train.eval_batch_size
+        was = model.training
+        model.eval()
+        with torch.no_grad(), self.rt.autocast():  # not inference_mode: the head's backward reads them
+            for k, d in self.data.items():
+                z = torch.cat([self.encode(d.x[i:i + bs]).float() for i in range(0, len(d), bs)])
+                self.data[k] = TensorData(z, d.y, self.rt.device)
+        model.train(was)
+        self._encoded = True
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
         # the identity on writable float32 inputs would only copy them (a second for Fashion-MNIST)
@@ -129,6 +179,7 @@ class Supervised:
         self.model.train(mode)
 
     def batches(self, epoch: int):
+        self._features()
         return self.data["train"].batches(self.cfg.train.batch_size, seed=self.cfg.train.seed * 1_000_003 + epoch,
                                           rank=self.rt.rank, world=self.rt.world_size)
 
@@ -145,7 +196,7 @@ class Supervised:
         if self.rt.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with self.rt.autocast():
-            out = self.model(x)
+            out = self.net(x)
             loss = self.loss(out.float(), y)
         self.opt.step(loss)
         if self.train_acc:
@@ -161,10 +212,11 @@ class Supervised:
         """Model outputs for normalized inputs, in evaluation batches (float32)."""
         bs = self.cfg.train.eval_batch_size
         with self.rt.autocast():
-            return torch.cat([self.model(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+            return torch.cat([self.net(x[i:i + bs]).float() for i in range(0, len(x), bs)])
 
     def predictions(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and targets of a whole split (streamed parts are read batch by batch)."""
+        self._features()
         d = self.data[split]
         if isinstance(d, StreamData):
             pairs = [(self.outputs(x), y) for x, y in d.batches(self.cfg.train.eval_batch_size)]
@@ -184,16 +236,18 @@ class Supervised:
     def extras(self, path=None) -> dict:
         """Text runs: save the tokenizer (and a pretrained encoder's config.json) into the run
         directory `path` and score the TF-IDF + logistic-regression baseline on the same training
-        and test parts."""
+        and test parts. With transfer.scratch_baseline: the same model trained from scratch on the
+        same split."""
+        out = self._scratch_baseline() if self.cfg.transfer.scratch_baseline else {}
         if self.tokenizer is None:
-            return {}
+            return out
         if path is not None:
             self.tokenizer.save(path)
             save = getattr(unwrap(self.model), "save_run_files", None)  # e.g. a pretrained encoder's config
             if save is not None:
                 save(path)
         if not self.classify or "test" not in self.texts:
-            return {}
+            return out
         from .baselines import tfidf_logreg
 
         (x, y), (xt, yt) = self.texts["train"], self.texts["test"]
@@ -202,7 +256,30 @@ class Supervised:
                             lowercase=self.cfg.data.lowercase, seed=self.cfg.train.seed)
         n = self.meta["num_outputs"]
         m = metrics(F.one_hot(torch.as_tensor(pred), n).float(), torch.as_tensor(yt), 0.0, True, "baseline", n)
-        return {"baseline/tfidf_acc": m["baseline/acc"], "baseline/tfidf_macro_f1": m["baseline/macro_f1"]}
+        return {**out, "baseline/tfidf_acc": m["baseline/acc"], "baseline/tfidf_macro_f1": m["baseline/macro_f1"]}
+
+    def _scratch_baseline(self) -> dict:
+        """Train this config again without pretrained weights (nothing frozen, one learning rate,
+        no cached features), quietly through the same loop, on the same split; score its test part."""
+        from ..config import TransferConfig
+        from ..engine.loop import Loop
+        from ..run import _callbacks
+
+        if "test" not in self.data:
+            return {}
+        cfg = self.cfg
+        model = {**cfg.model, **{k: v for k, v in (("pretrained", ""), ("freeze", "none"), ("new_head", False))
+                                 if k in cfg.model}}
+        cfg = dataclasses.replace(cfg, model=model, transfer=TransferConfig(),
+                                  optim=dataclasses.replace(cfg.optim, stage_lr_decay=1.0),
+                                  train=dataclasses.replace(cfg.train, cache_features=False))
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        task = Supervised(cfg, self.rt, loss=self.loss_name)
+        Loop(task, self.rt, cfg.train.epochs, None, _callbacks(task, cfg, 0)).fit()
+        task.train(False)
+        m = task.evaluate("test")
+        name = "acc" if self.classify else "rmse"
+        return {f"baseline/scratch_{name}": m[f"test/{name}"]}
 
     def state_dict(self) -> dict:
         return {"model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict()}

@@ -39,7 +39,7 @@ def test_recipe_loads_and_names_registered_parts(name):
     # the model section is resolved: every factory option is present, nothing else
     assert set(cfg.model) == {"name", *model_options(cfg.model["name"])}
     for key in cfg.expect:
-        assert key.split("/")[0] in ("test", "val", "train", "rollout", "gan", "eval"), key
+        assert key.split("/")[0] in ("test", "val", "train", "rollout", "gan", "eval", "samples"), key
 
 
 @pytest.mark.parametrize("name", RECIPES)

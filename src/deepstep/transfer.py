@@ -2,9 +2,9 @@
 
 The pretraining recipe, with its `transfer.pretrain_set` overrides, is trained once into
 `$DEEPSTEP_CACHE/pretrained/<recipe>-<hash>/` (default ~/.cache/deepstep) and that run directory
-becomes the transfer run's `model.pretrained`. The hash covers the whole resolved pretraining
-config, so a changed recipe or other overrides (a tiny pretraining in the tests) never reuse a
-backbone trained otherwise. An interrupted pretraining is resumed on the next use.
+becomes the transfer run's `model.pretrained`. The hash covers the recipe file's text and the
+overrides, so a changed recipe or other overrides (a tiny pretraining in the tests) never reuse a
+backbone trained otherwise, while new config fields with defaults keep the cache valid. An interrupted pretraining is resumed on the next use.
 
 A resumed transfer run reads no pretrained weights at all: its checkpoint holds every weight, so
 it continues even when the pretrained file or cache entry is gone."""
@@ -26,10 +26,14 @@ from .errors import UserError
 def pretrained_run(recipe: str, overrides: list[str], verbose: int = 1) -> Path:
     """The cached run directory of `recipe` trained with `overrides`; trained (or resumed) here
     when missing."""
+    from .registry import recipe_path
     from .run import resume, train
 
     cfg = load_config(recipe, overrides)
-    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    # the recipe's text and the overrides, not the resolved config: a new config field with a
+    # default (a later deepstep version) must not make every cached backbone stale
+    source = {"recipe": recipe_path(recipe).read_text(), "overrides": list(overrides)}
+    key = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:10]
     path = cache_dir() / "pretrained" / f"{cfg.recipe}-{key}"
     run = RunDir(path)
     if run.summary.is_file() and run.weights.is_file():

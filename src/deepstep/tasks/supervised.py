@@ -112,10 +112,8 @@ class Supervised:
         check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
-        self.net = self.model  # what a batch goes through: the model, or its head on cached features
-        self.encode = None
         if cfg.train.cache_features:
-            self.encode, self.net = self._feature_head(model, stream)
+            self.encode, self._head = self._feature_head(model, stream)
         n_train = len(self.data["train"]) // runtime.world_size
         self.steps_per_epoch = -(-n_train // cfg.train.batch_size)
         self.opt = Optimization(stage_groups(unwrap(self.model), cfg.optim), cfg.optim, cfg.sched, self.steps_per_epoch, cfg.train.epochs,
@@ -164,6 +162,14 @@ class Supervised:
                 self.data[k] = TensorData(z, d.y, self.rt.device)
         model.train(was)
         self._encoded = True
+
+    encode = None  # train.cache_features: the frozen backbone that encodes each split once
+    _head = None  # ... and the head that then trains on the embeddings
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """What a batch goes through: the model, or its head on cached features."""
+        return self.model if self._head is None else self._head
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
         # the identity on writable float32 inputs would only copy them (a second for Fashion-MNIST)

@@ -265,16 +265,14 @@ def interpolation_strip(model, rows: int = 6, steps: int = 10):
 def save_loss_curves(run_path: Path) -> None:
     """losses.png: the per-epoch training losses (train/*, gan/*_loss) and validation losses of
     the run's metrics.jsonl, one line each."""
-    import json
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    f = Path(run_path) / "metrics.jsonl"
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.exists() else []
-    rows = [r for r in rows if "epoch" in r]
+    from ..engine.rundir import RunDir
+
+    rows = [r for r in RunDir(run_path).read_metrics() if "epoch" in r]
     keys = sorted({k for r in rows for k in r if k.endswith(("loss", "/recon", "/kl", "neg_elbo", "frechet"))})
     if not rows or not keys:
         return
@@ -287,10 +285,17 @@ def save_loss_curves(run_path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
+    _save_figure(fig, Path(run_path) / "losses.png")
+
+
+def _save_figure(fig, path: Path) -> None:
+    """A matplotlib figure as PNG, written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    atomic_write(Path(run_path) / "losses.png", buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classes: list[str]) -> None:
@@ -310,10 +315,7 @@ def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classe
     names = [classes[v] if v < len(classes) else str(v) for v in sorted(set(y.tolist()))]
     ax.legend(handles, names, title="class", fontsize=7, loc="best")
     ax.set_title("latent codes" + (" (PCA)" if codes.flatten(1).shape[1] > 2 else ""))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    atomic_write(path, buf.getvalue())
+    _save_figure(fig, path)
 
 
 def unwrap_latent(model) -> int:

@@ -574,3 +574,29 @@ def test_cli_missing_data_file(tmp_path, run_cli):
                 "--set", "train.epochs=1", "--run-dir", tmp_path / "run")
     assert r.returncode == 2
     assert str(missing) in r.stderr and "Traceback" not in r.stderr
+
+
+def test_image_size_resizes_every_image_data_set():
+    """data.image_size resizes built-in images too (both splits, scale applied), e.g. Fashion-MNIST
+    down to the digits' 8x8; a constant image stays constant."""
+    from deepstep.data.arrays import Arrays, resize_images
+
+    x = np.zeros((3, 1, 28, 28), np.uint8)
+    x[0] = 255
+    x[1, :, :, :14] = 255  # left half white
+    a = Arrays(x, np.arange(3), x_test=x[:2].copy(), y_test=np.arange(2), kind="image", scale=1 / 255)
+    r = resize_images(a, 8)
+    assert r.x_train.shape == (3, 1, 8, 8) and r.x_test.shape == (2, 1, 8, 8) and r.scale == 1.0
+    assert r.x_train.dtype == np.float32 and np.allclose(r.x_train[0], 1.0) and np.allclose(r.x_train[2], 0.0)
+    assert np.allclose(r.x_train[1, 0, :, :3], 1.0) and np.allclose(r.x_train[1, 0, :, 5:], 0.0)
+    assert resize_images(r, 8) is r  # already that size: untouched
+    with pytest.raises(UserError, match="data.image_size = -1"):
+        resize_images(a, -1)
+
+    from deepstep.config import load_config
+    from deepstep.engine.runtime import Runtime
+    from deepstep.tasks.supervised import Supervised
+
+    cfg = load_config("digits-mlp", ["data.image_size=4", "train.threads=1"])
+    task = Supervised(cfg, Runtime.from_config(cfg.train))
+    assert tuple(task.meta["in_shape"]) == (1, 4, 4)

@@ -119,6 +119,27 @@ def test_new_head_drops_a_fitting_head(tmp_path):
     assert torch.equal(fresh.layer4[1].conv2.weight, src.layer4[1].conv2.weight)
 
 
+def test_pretrained_upto_keeps_later_stages_fresh(tmp_path):
+    src = deepstep.create_model("resnet18", (1, 8, 8), 10)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    torch.manual_seed(1)
+    fresh = deepstep.create_model("resnet18", (1, 8, 8), 10)
+    torch.manual_seed(1)  # the same fresh initialization, then stem..layer2 from the file
+    part = deepstep.create_model("resnet18", (1, 8, 8), 10, pretrained=str(tmp_path / "w.pth"),
+                                 pretrained_upto="layer2")
+    for k, v in part.state_dict().items():
+        origin = src if k.split(".")[0] in ("conv1", "bn1", "layer1", "layer2") else fresh
+        assert torch.equal(v, origin.state_dict()[k]), k
+    assert not torch.equal(part.layer3[0].conv1.weight, src.layer3[0].conv1.weight)
+    stem = deepstep.create_model("resnet18", (1, 8, 8), 10, pretrained=str(tmp_path / "w.pth"), pretrained_upto="stem")
+    assert torch.equal(stem.conv1.weight, src.conv1.weight) and not torch.equal(stem.layer1[0].conv1.weight,
+                                                                                src.layer1[0].conv1.weight)
+    with pytest.raises(UserError, match="pretrained_upto='fc' is not valid"):
+        deepstep.create_model("resnet18", (1, 8, 8), 10, pretrained=str(tmp_path / "w.pth"), pretrained_upto="fc")
+    with pytest.raises(UserError, match="pretrained_upto='fc' is not valid"):  # also without weights
+        deepstep.create_model("resnet18", (1, 8, 8), 10, pretrained_upto="fc")
+
+
 TINY = ["--set", 'transfer.pretrain_set=["data.name=digits", "train.epochs=1", "data.limit=300"]',
         "--set", "train.epochs=2", "--set", "data.train_limit=60", "--set", "data.test_split=0.2"]
 

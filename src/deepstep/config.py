@@ -33,7 +33,9 @@ class DataConfig:
     test_split: float = opt(0.2, "fraction held out for testing when the data set has no test split")
     normalize: bool = opt(True, "standardize inputs with statistics of the training split only")
     label_column: str = opt("label", "CSV tables: name of the label column")
-    image_size: int = opt(0, "image folders: resize images to this square size (0: first image's size)")
+    image_size: int = opt(0, "image data: resize images to this square size (antialiased bilinear; 0: keep "
+                              "the size; image folders: the first image's size), e.g. 8 to train on "
+                              "Fashion-MNIST at the 8x8 resolution of the digits")
     grayscale: bool = opt(False, "image folders: convert images to one channel")
     limit: int = opt(0, "use only the first N training examples (0: all)")
     train_limit: int = opt(0, "train on only the first N examples of the training part, after the validation "

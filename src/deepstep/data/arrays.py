@@ -41,6 +41,28 @@ class Arrays:
             raise UserError(f"{self.source}: the data set is empty.")
 
 
+def resize_images(arrays: Arrays, size: int) -> Arrays:
+    """Images (N, C, H, W) of both splits resized to size x size (data.image_size): bilinear with
+    antialiasing, so shrinking averages neighbouring pixels like a lower-resolution camera would."""
+    from dataclasses import replace
+
+    from torch.nn import functional as F
+
+    def resize(x):
+        if x is None:
+            return x
+        x = [torch.as_tensor(np.asarray(x[i:i + 4096], dtype=np.float32) * np.float32(arrays.scale))
+             for i in range(0, len(x), 4096)]
+        return torch.cat([F.interpolate(c, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                          if tuple(c.shape[-2:]) != (size, size) else c for c in x]).numpy()
+
+    if size < 1:
+        raise UserError(f"data.image_size = {size} must be a size in pixels (or 0 to keep the images' size).")
+    if all(x is None or tuple(x.shape[-2:]) == (size, size) for x in (arrays.x_train, arrays.x_test)):
+        return arrays
+    return replace(arrays, x_train=resize(arrays.x_train), x_test=resize(arrays.x_test), scale=1.0)
+
+
 @dataclass
 class Normalizer:
     """Standardize with per-channel (images, series) or per-feature (tables) statistics."""

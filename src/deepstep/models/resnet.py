@@ -18,6 +18,12 @@ Adapting a backbone (transfer learning), all done by the factory options:
   not drift either: a frozen part is bit-identical after training.
 - `new_head`: start with a fresh `fc` even when the pretrained head has the right class count
   (another task with as many classes, e.g. Fashion-MNIST -> digits).
+- `pretrained_upto`: take the pretrained weights only up to and including the named part
+  ("stem" | "layer1" .. "layer4" | "all", the default); every later part keeps its fresh
+  initialization. Early stages learn general features (edges, strokes) and late stages features
+  specific to the source task (Yosinski et al. 2014, "How transferable are features in deep neural
+  networks?"); when the source and target differ, transferring only the general stages and
+  training the rest anew can beat both full transfer and training from scratch.
 - `resize`: images are resized (bilinear) to `resize` x `resize` inside the model before conv1,
   e.g. 28x28 digits to the 224x224 an ImageNet backbone was trained on (0: keep the input size).
   It adds no parameters, so the weight names stay torchvision's.
@@ -40,6 +46,7 @@ from .resnet_small import BasicBlock
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 FREEZE = ("none", "stem", *STAGES, "backbone")
+UPTO = ("stem", *STAGES, "all")
 
 
 class Bottleneck(nn.Module):
@@ -160,15 +167,27 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load_pretrained(model: ResNet, path: str, new_head: bool = False) -> None:
+def _check_upto(upto: str) -> None:
+    if upto not in UPTO:
+        raise UserError(f"model.pretrained_upto='{upto}' is not valid; expected one of {', '.join(UPTO)} "
+                        "(pretrained weights up to and including that part; later parts start fresh).")
+
+
+def load_pretrained(model: ResNet, path: str, new_head: bool = False, upto: str = "all") -> None:
     """Load a backbone's weights: the head is kept fresh when the class count differs (or always,
-    with `new_head`), and RGB filters are summed for a one-channel input. Anything else that does
-    not fit is a UserError."""
+    with `new_head`), parts after `upto` keep their fresh initialization, and RGB filters are
+    summed for a one-channel input. Anything else that does not fit is a UserError."""
+    _check_upto(upto)
     tensors = dict(read_state_dict(path))
     own = model.state_dict()
     if new_head or ("fc.weight" in tensors and tensors["fc.weight"].shape != own["fc.weight"].shape):
         for k in ("fc.weight", "fc.bias"):  # another task's head: keep the fresh one
             tensors[k] = own[k]
+    if upto != "all":  # the source task's specific stages: keep the fresh ones
+        fresh = [*STAGES[STAGES.index(upto) + 1 if upto in STAGES else 0:], "fc"]
+        for k in own:
+            if k.split(".")[0] in fresh:
+                tensors[k] = own[k]
     w = tensors.get("conv1.weight")
     if w is not None and w.dim() == 4 and w.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
         tensors["conv1.weight"] = w.sum(1, keepdim=True)  # gray x acts like RGB (x, x, x)
@@ -176,33 +195,37 @@ def load_pretrained(model: ResNet, path: str, new_head: bool = False) -> None:
 
 
 def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, resize: int, new_head: bool,
-           name: str) -> ResNet:
+           upto: str, name: str) -> ResNet:
     _image_only(in_shape, name)
     if resize < 0:
         raise UserError(f"model.resize={resize} is not valid; expected an image size in pixels, or 0 to keep the input size.")
+    _check_upto(upto)
     model = ResNet(block, layers, in_shape[0], num_classes, resize)
     if pretrained:
-        load_pretrained(model, pretrained, new_head)
+        load_pretrained(model, pretrained, new_head, upto)
     model.freeze(freeze)
     return model
 
 
 @MODELS.register("resnet18")
 def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
-             resize: int = 0, new_head: bool = False) -> ResNet:
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names; pretrained, freeze, resize, new_head."""
-    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, resize, new_head, "resnet18")
+             resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names; pretrained, freeze, resize, new_head, pretrained_upto."""
+    return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, resize, new_head, pretrained_upto,
+                  "resnet18")
 
 
 @MODELS.register("resnet34")
 def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
-             resize: int = 0, new_head: bool = False) -> ResNet:
-    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head."""
-    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, "resnet34")
+             resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head, pretrained_upto."""
+    return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, pretrained_upto,
+                  "resnet34")
 
 
 @MODELS.register("resnet50")
 def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
-             resize: int = 0, new_head: bool = False) -> ResNet:
-    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head."""
-    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, "resnet50")
+             resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
+    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head, pretrained_upto."""
+    return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, pretrained_upto,
+                  "resnet50")

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.arrays import Arrays, Normalizer, StreamData, TensorData, augment_images, split
+from ..data.arrays import (
+    Arrays,
+    Normalizer,
+    StreamData,
+    TensorData,
+    augment_images,
+    resize_images,
+    split,
+)
 from ..data.tokenize import PretrainedTokenizer, build_tokenizer
 from ..engine.callbacks import monitor_mode
 from ..engine.optim import Optimization, stage_groups
@@ -57,6 +65,8 @@ class Supervised:
             raise UserError(f"Data set '{cfg.data.name}' is for task '{getattr(arrays, 'task', '?')}', not '{cfg.task}'.")
         if self.classify and arrays.y_train.dtype.kind not in "iu":
             raise UserError(f"{arrays.source}: classification needs integer class labels, got {arrays.y_train.dtype}.")
+        if cfg.data.image_size and arrays.kind == "image" and not cfg.data.stream:
+            arrays = resize_images(arrays, cfg.data.image_size)
         stream = cfg.data.stream and arrays.kind != "text"
         if stream:  # split row indices; the inputs stay where they are (usually a memory-mapped file)
             sources = {"train": arrays.x_train, "val": arrays.x_train,

@@ -196,7 +196,7 @@ def test_config_accepts_resnet_options():
 
     args = resolve_model_args({"name": "resnet50", "freeze": "layer2"})
     assert args == {"name": "resnet50", "pretrained": "", "freeze": "layer2", "resize": 0,
-                    "new_head": False}
+                    "new_head": False, "pretrained_upto": "all"}
 
 
 def test_transfer_run_loads_without_the_pretrained_file(tmp_path):

@@ -105,7 +105,18 @@ def test_train_limit_keeps_the_test_part():
     full, small = task(), task("data.train_limit=100")
     assert len(small.data["train"]) == 100 and len(full.data["train"]) == 898
     assert torch.equal(small.data["test"].y, full.data["test"].y)
-    assert torch.equal(small.data["train"].y, full.data["train"].y[:100])
+    y = full.data["train"].y
+    counts = torch.bincount(small.data["train"].y, minlength=10)
+    assert counts.sum() == 100 and counts.min() >= 9 and counts.max() <= 11, counts  # stratified
+    for c in range(10):  # each class's first examples, in their order
+        assert torch.equal(small.data["train"].y[small.data["train"].y == c], y[y == c][: counts[c]])
+    from deepstep.data.arrays import limit_stratified
+
+    y = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    keep = limit_stratified(y, 10)
+    assert np.bincount(y[keep]).tolist() == [6, 3, 1] and (np.diff(keep) > 0).all()
+    assert np.bincount(y[limit_stratified(y, 5)]).tolist() == [3, 2]  # a tie (1.5 vs 0.5 remainders .5): class order
+    assert len(limit_stratified(y, 500)) == 100
     with pytest.raises(UserError, match=r"data\.train_limit"):
         load_config("digits-mlp", ["data.train_limit=-1"])
 

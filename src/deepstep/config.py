@@ -38,8 +38,9 @@ class DataConfig:
                               "Fashion-MNIST at the 8x8 resolution of the digits")
     grayscale: bool = opt(False, "image folders: convert images to one channel")
     limit: int = opt(0, "use only the first N training examples (0: all)")
-    train_limit: int = opt(0, "train on only the first N examples of the training part, after the validation "
-                              "and test parts are held out, so the test part stays the same (0: all)")
+    train_limit: int = opt(0, "train on only N examples of the training part, after the validation and test "
+                              "parts are held out, so the test part stays the same; classes keep their share "
+                              "(stratified: the first examples of each class) (0: all)")
     download: bool = opt(True, "download missing files from the official mirror into the cache")
     augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
     stream: bool = opt(False, "read batches from disk with a DataLoader instead of holding the data in "

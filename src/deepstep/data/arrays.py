@@ -223,6 +223,20 @@ class _Rows(torch.utils.data.Dataset):
         return self.data.read(positions)
 
 
+def limit_stratified(y: np.ndarray, n: int) -> np.ndarray:
+    """Indices (in their order) of n examples keeping each class's share of y (largest remainder),
+    each class's first ones: data.train_limit for classification, so 100 digits hold about 10 of
+    each digit rather than whatever a random draw gives (a draw can leave 2 of one class)."""
+    if n >= len(y):
+        return np.arange(len(y))
+    classes, counts = np.unique(y, return_counts=True)
+    quota = counts * n / len(y)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(-(quota - take), kind="stable")[: n - take.sum()]] += 1
+    keep = np.concatenate([np.flatnonzero(y == c)[:k] for c, k in zip(classes, take)])
+    return np.sort(keep)
+
+
 def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2) -> torch.Tensor:
     """Random horizontal flips and/or shifts of up to `max_shift` pixels (zero padded), batched."""
     if "flip" in kind:

@@ -29,6 +29,7 @@ from ..data.arrays import (
     StreamData,
     TensorData,
     augment_images,
+    limit_stratified,
     resize_images,
     split,
 )
@@ -77,8 +78,11 @@ class Supervised:
         else:
             parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed, stratify=self.classify,
                           need_test=not given)
-        if cfg.data.train_limit:
-            parts["train"] = tuple(a[: cfg.data.train_limit] for a in parts["train"])
+        if cfg.data.train_limit:  # classes: each class's share kept (stratified)
+            y = np.asarray(parts["train"][1])
+            keep = (limit_stratified(y, cfg.data.train_limit) if self.classify and y.dtype.kind in "iu"
+                    else np.arange(min(cfg.data.train_limit, len(y))))
+            parts["train"] = tuple(a[keep] for a in parts["train"])
         self.tokenizer, self.texts = None, {}
         if arrays.kind == "text":
             self.texts = {k: v for k, v in parts.items() if v is not None}  # raw, for the baseline

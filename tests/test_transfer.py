@@ -221,3 +221,28 @@ def test_resume_needs_no_pretrained_file(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"model\.pretrained: no weights file at .*w\.pth"):
         run_mod.resume(tmp_path / "early", verbose=0)
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["epochs"] == 2
+
+
+def test_a_second_process_waits_for_the_pretraining_then_reuses_it(tmp_path, monkeypatch, capsys):
+    """The cache lock: while another process holds it (pretraining), pretrained_run waits, then
+    finds the finished run instead of training it a second time."""
+    import subprocess
+    import sys
+
+    from deepstep.transfer import cached_path, pretrained_run
+
+    monkeypatch.setenv("DEEPSTEP_CACHE", str(tmp_path))
+    path = cached_path("fashion-resnet18", ["train.epochs=1"])
+    path.parent.mkdir(parents=True)
+    holder = subprocess.Popen(  # "pretrains": holds the lock, writes the run's files, releases
+        [sys.executable, "-c", "import sys, time, pathlib; from filelock import FileLock\n"
+         "p = pathlib.Path(sys.argv[1]); lock = FileLock(str(p) + '.lock'); lock.acquire()\n"
+         "print('locked', flush=True); time.sleep(1.5); p.mkdir()\n"
+         "(p / 'summary.json').write_text('{}'); (p / 'model.safetensors').write_bytes(b'')\n"
+         "lock.release()", str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    assert pretrained_run("fashion-resnet18", ["train.epochs=1"]) == path
+    holder.wait(timeout=30)
+    out = capsys.readouterr().out
+    assert "another process is pretraining" in out and "using the cached pretrained run" in out
+    assert "once (first use)" not in out

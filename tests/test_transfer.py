@@ -166,7 +166,7 @@ def test_transfer_recipe_end_to_end_with_cached_pretraining(run_cli, tmp_path, m
     e = s["expect"]["test/acc"]
     assert e["target"] == "baseline/scratch_acc" and e["target_value"] == s["baseline/scratch_acc"]
     assert json.loads((tmp_path / "t1" / "meta.json").read_text())["sizes"]["train"] == 60
-    (cached,) = (tmp_path / "cache" / "pretrained").iterdir()
+    (cached,) = [p for p in (tmp_path / "cache" / "pretrained").iterdir() if p.is_dir()]  # and its .lock
     assert cached.name.startswith("fashion-resnet18-") and (cached / "model.safetensors").is_file()
 
     # the second run reuses the cached backbone; here as a feature extractor without the baseline

@@ -56,3 +56,11 @@ def test_streamed_channels_last_images_are_refused(tmp_path):
     np.save(folder / "y.npy", np.arange(10) % 2)
     with pytest.raises(UserError, match="channels-first"):
         TASKS.get("classify")(_cfg(folder, "data.stream=true"), Runtime(device="cpu"))
+
+
+def test_streamed_images_are_not_resized_silently(npy_folder):
+    with pytest.raises(UserError, match="streamed images .* are read from disk as they are"):
+        TASKS.get("classify")(_cfg(npy_folder, "data.stream=true", "data.image_size=4"), Runtime(device="cpu"))
+    task = TASKS.get("classify")(_cfg(npy_folder, "data.stream=true", "data.image_size=8", "data.workers=0"),
+                                 Runtime(device="cpu"))  # already that size: fine
+    assert next(iter(task.data["train"].batches(4, seed=0)))[0].shape == (4, 1, 8, 8)

@@ -66,8 +66,14 @@ class Supervised:
             raise UserError(f"Data set '{cfg.data.name}' is for task '{getattr(arrays, 'task', '?')}', not '{cfg.task}'.")
         if self.classify and arrays.y_train.dtype.kind not in "iu":
             raise UserError(f"{arrays.source}: classification needs integer class labels, got {arrays.y_train.dtype}.")
-        if cfg.data.image_size and arrays.kind == "image" and not cfg.data.stream:
-            arrays = resize_images(arrays, cfg.data.image_size)
+        if cfg.data.image_size and arrays.kind == "image":
+            size = cfg.data.image_size
+            if cfg.data.stream and tuple(arrays.x_train.shape[-2:]) != (size, size):
+                raise UserError(f"data.image_size = {size}: streamed images ({arrays.source}, "
+                                f"{arrays.x_train.shape[-2]}x{arrays.x_train.shape[-1]}) are read from disk as "
+                                "they are; resize the files, or drop data.stream to resize them in memory.")
+            if not cfg.data.stream:
+                arrays = resize_images(arrays, size)
         stream = cfg.data.stream and arrays.kind != "text"
         if stream:  # split row indices; the inputs stay where they are (usually a memory-mapped file)
             sources = {"train": arrays.x_train, "val": arrays.x_train,

@@ -5,10 +5,11 @@ training device, batched by indexing with a per-epoch seeded permutation (no per
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 
 from ..errors import UserError
 
@@ -44,10 +45,6 @@ class Arrays:
 def resize_images(arrays: Arrays, size: int) -> Arrays:
     """Images (N, C, H, W) of both splits resized to size x size (data.image_size): bilinear with
     antialiasing, so shrinking averages neighbouring pixels like a lower-resolution camera would."""
-    from dataclasses import replace
-
-    from torch.nn import functional as F
-
     def resize(x):
         if x is None:
             return x

@@ -20,17 +20,34 @@ class Registry:
         self.kind = kind
         self._items: dict[str, Any] = {}
         self._about: dict[str, str] = {}
+        self._tags: dict[str, frozenset[str]] = {}
 
-    def register(self, name: str, about: str = "") -> Callable:
+    def register(self, name: str, about: str = "", tags: tuple[str, ...] | set[str] = ()) -> Callable:
+        """Decorator: register `obj` under `name`. `about` defaults to the first paragraph of its
+        docstring; `tags` declare capabilities (e.g. a model's "classifier", a task's "predict")."""
+
         def deco(obj):
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._items[name] = obj
-            doc = inspect.getdoc(obj) or ""
-            self._about[name] = about or (doc.splitlines()[0] if doc else "")
+            self._about[name] = about or first_sentence(inspect.getdoc(obj) or "")
+            self._tags[name] = frozenset(tags)
             return obj
 
         return deco
+
+    def tags(self, name: str) -> frozenset[str]:
+        """The capability tags `name` was registered with."""
+        self.get(name)
+        return self._tags[name]
+
+    def has(self, name: str, tag: str) -> bool:
+        """Whether `name` is registered and carries `tag`."""
+        return name in self and tag in self._tags[name]
+
+    def tagged(self, tag: str) -> list[str]:
+        """Names carrying `tag`, sorted."""
+        return [n for n in self.names() if tag in self._tags[n]]
 
     def get(self, name: str):
         load_all()
@@ -53,6 +70,13 @@ class Registry:
 MODELS = Registry("model")
 DATASETS = Registry("data set")
 TASKS = Registry("task")
+PLUGINS = Registry("plug-in")
+
+
+def first_sentence(doc: str) -> str:
+    """The first paragraph of a docstring, joined into one line (what `deepstep list` prints)."""
+    para = doc.strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in para.splitlines())
 
 _loaded = False
 
@@ -63,7 +87,7 @@ def load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks", "deepstep.tasks.rl"):
+    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks", "deepstep.tasks.rl", "deepstep.plugins"):
         importlib.import_module(pkg)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import DATASETS
+from .arrays import Arrays
 
 
 @DATASETS.register("digits")
@@ -31,8 +32,6 @@ def mnist1d(cfg):
 
 
 def _limit(kw: dict, cfg):
-    from .arrays import Arrays
-
     if cfg.limit:
         kw["x_train"], kw["y_train"] = kw["x_train"][: cfg.limit], kw["y_train"][: cfg.limit]
     return Arrays(**kw)

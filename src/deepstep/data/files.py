@@ -27,22 +27,20 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Arrays
+from .io import (  # noqa: F401  (read_csv_rows: re-exported)
+    IMAGE_SUFFIXES,
+    csv_labels,
+    need_path,
+    read_csv_rows,
+    read_image,
+    read_table,
+)
+from .text import text_table
 
 NPZ_EXPECTED = ("a .npz file with arrays x and y (or x_train, y_train and optionally x_test, y_test; "
                 "class names optionally in classes), or a folder with x.npy and y.npy")
 CSV_EXPECTED = "a CSV file with a header line (or a folder with train.csv and optionally test.csv)"
 IMAGES_EXPECTED = "a folder with one sub-folder of images per class, optionally inside train/ and test/"
-
-
-def need_path(cfg, expected: str) -> Path:
-    """`data.path` as an existing Path, or a UserError saying what it should name."""
-    if not cfg.path:
-        raise UserError(f"data.name = '{cfg.name}' reads your files: set data.path to {expected} "
-                        f"(e.g. --set data.path=DIR).")
-    p = Path(cfg.path).expanduser()
-    if not p.exists():
-        raise UserError(f"data.path = '{p}' does not exist: expected {expected}.")
-    return p
 
 
 # --- arrays -> Arrays -----------------------------------------------------------------------
@@ -199,100 +197,6 @@ def _streamed(path: Path, cfg) -> Arrays:
 
 # --- CSV ------------------------------------------------------------------------------------
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
-
-
-def read_csv_rows(path: Path, expected: str) -> tuple[list[list[str]], list[int]]:
-    """Non-blank rows of a UTF-8 CSV file and their line numbers; the delimiter is the one of
-    `, ; tab` found most often in the first line. Unreadable files raise UserError naming
-    `expected`."""
-    reader = None
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
-            f.seek(0)
-            delim = max(",;\t", key=first.count) if first.strip() else ","
-            reader = csv.reader(f, delimiter=delim)
-            rows, lines = [], []
-            for row in reader:
-                if any(cell.strip() for cell in row):
-                    rows.append(row)
-                    lines.append(reader.line_num)
-    except UnicodeDecodeError:
-        raise UserError(f"'{path}' is not UTF-8 text; expected {expected}.") from None
-    except csv.Error as e:
-        where = f" line {reader.line_num}" if reader is not None else ""
-        raise UserError(f"'{path}'{where}: not valid CSV ({e}); expected {expected}.") from None
-    except OSError as e:
-        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
-    return rows, lines
-
-
-def read_table(path: Path, label_column: str | None, need_label: bool = True, need_header: bool = True):
-    """Read a numeric CSV table.
-
-    Returns (feature names, features (N, F) float32, labels as strings or None). Blank lines are
-    skipped; the delimiter is the one of `, ; tab` found most often in the first line."""
-    rows, lines = read_csv_rows(path, "a CSV file")
-    if not rows:
-        raise UserError(f"'{path}' is empty; expected a CSV table with a header line and one row per example.")
-    if all(_is_number(c) for c in rows[0]):
-        if need_header:
-            raise UserError(f"'{path}' has no header line: its first line holds only numbers. Add a line "
-                            f"naming the columns, including the label column '{label_column}'.")
-        header, first_line = [f"column {i + 1}" for i in range(len(rows[0]))], 0
-    else:
-        header, first_line = [c.strip() for c in rows[0]], 1
-    rows, lines = rows[first_line:], lines[first_line:]
-    if not rows:
-        raise UserError(f"'{path}' has a header but no data rows.")
-    label = header.index(label_column) if label_column in header else None
-    if label is None and need_label:
-        raise UserError(f"'{path}' has no label column '{label_column}'. Its columns are: "
-                        f"{', '.join(repr(h) for h in header)}. Set data.label_column to one of them.")
-    for row, line in zip(rows, lines):
-        if len(row) != len(header):
-            raise UserError(f"'{path}' line {line}: {len(row)} fields, but the header names {len(header)} columns.")
-    keep = [i for i in range(len(header)) if i != label]
-    if not keep:
-        raise UserError(f"'{path}' has no feature columns, only the label column '{label_column}'.")
-    cells = np.array([[row[i] for i in keep] for row in rows], dtype=str).reshape(len(rows), len(keep))
-    try:
-        x = np.char.strip(cells).astype(np.float32)
-    except ValueError:  # find the culprit cell the slow way
-        x = np.array([[float(c) if _is_number(c) else np.nan for c in r] for r in cells], dtype=np.float32)
-    bad = ~np.isfinite(x)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        value = cells[r, c].strip()
-        what = "is empty" if not value else f"holds '{value}', which is not a finite number"
-        raise UserError(f"'{path}' line {lines[r]}, column '{header[keep[c]]}' {what}. Feature columns must "
-                        f"be numeric" + (f"; only the label column '{label_column}' may hold text." if label is not None else "."))
-    labels = None
-    if label is not None:
-        labels = [row[label].strip() for row in rows]
-        for value, line in zip(labels, lines):
-            if not value:
-                raise UserError(f"'{path}' line {line}: the label column '{label_column}' is empty.")
-    return [header[i] for i in keep], x, labels
-
-
-def csv_labels(parts: list[list[str]]) -> list[np.ndarray]:
-    """CSV label strings -> int64 (whole numbers), float32 (other numbers) or string arrays."""
-    flat = [v for p in parts for v in p]
-    if all(_is_number(v) for v in flat):
-        values = [np.array([float(v) for v in p]) for p in parts]
-        if all(np.isfinite(v).all() and (v == np.round(v)).all() for v in values):
-            return [v.astype(np.int64) for v in values]
-        return [v.astype(np.float32) for v in values]
-    return [np.array(p, dtype=str) for p in parts]
-
-
 def _header(path: Path) -> list[str]:
     """The column names in the first line of a CSV file ([] if unreadable: read_table explains)."""
     try:
@@ -315,8 +219,6 @@ def csv_table(cfg):
             raise UserError(f"data.path = '{path}' is a folder without train.csv; expected {CSV_EXPECTED}.")
     header = _header(files[0])
     if cfg.text_column in header:  # text classification (data/text.py)
-        from .text import text_table
-
         return text_table(cfg, ".csv")
     try:
         tables = [read_table(f, cfg.label_column) for f in files]
@@ -335,8 +237,6 @@ def csv_table(cfg):
 # --- image folders --------------------------------------------------------------------------
 
 def _image_files(folder: Path) -> list[Path]:
-    from .inputs import IMAGE_SUFFIXES
-
     return sorted(p for p in folder.iterdir()
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -366,8 +266,6 @@ def _listing(folder: Path, classes: list[str] | None) -> tuple[list[Path], list[
 
 
 def _read_images(files: list[Path], shape: tuple) -> np.ndarray:
-    from .inputs import read_image
-
     out = np.empty((len(files), *shape), dtype=np.float32)
     for i, f in enumerate(files):
         out[i] = read_image(f, shape)

@@ -9,22 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def read_image(path: Path, in_shape: tuple) -> np.ndarray:
-    """One image file -> (C, H, W) float32 in [0, 1], converted to the run's channels and size."""
-    from PIL import Image, UnidentifiedImageError
-
-    c, h, w = in_shape
-    try:
-        with Image.open(path) as img:
-            img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
-            a = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"'{path}' is not a readable image ({e}).") from None
-    return a[None] if c == 1 else a.transpose(2, 0, 1)
+from .io import IMAGE_SUFFIXES, read_image, read_table
 
 
 def _fit(a: np.ndarray, in_shape: tuple, source: str) -> np.ndarray:
@@ -73,8 +58,6 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str,
 def read_csv_rows(path: Path, width: int, label_column: str = "label") -> np.ndarray:
     """Numeric CSV rows, `width` numbers each. A header line is optional; if it names
     `label_column`, that column is dropped (a training CSV can be passed as it is)."""
-    from .files import read_table
-
     _, x, _ = read_table(path, label_column, need_label=False, need_header=False)
     if x.shape[1] != width:
         raise UserError(f"'{path}': expected {width} numbers per row (the run's inputs), got {x.shape[1]} "

@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Normalizer
-from .files import read_csv_rows
+from .io import read_csv_rows
 
 SERIES_EXPECTED = ("a CSV file with one column per series (header optional; rows in time order; "
                    "an optional date column) or a .npy array of shape (T,) or (T, C)")

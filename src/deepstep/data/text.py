@@ -16,7 +16,8 @@ part to int64 ids (data/tokenize.py, tasks/supervised.py).
   review files, by validated names (no path traversal, no links).
 - csv / jsonl: data.path = a file, or a folder with train.csv|jsonl and optionally test.csv|jsonl;
   columns data.text_column and data.label_column. `data.name=csv` reads text whenever the header
-  holds data.text_column and numeric tables otherwise (data/files.py).
+  holds data.text_column and numeric tables otherwise (data/files.py). The plain CSV/JSONL readers
+  live in data/io.py.
 
 Every problem with the input — an empty file or entry, a missing column, a label in the test file
 that training never saw — is a UserError naming the file (and line where there is one).
@@ -24,8 +25,6 @@ that training never saw — is a UserError naming the file (and line where there
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from pathlib import Path
 
@@ -35,6 +34,14 @@ from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Arrays
 from .download import cache_dir, extract_archive, fetch, missing_message
+from .io import (  # noqa: F401  (read_text_csv, read_jsonl: re-exported)
+    READERS,
+    csv_labels,
+    need_path,
+    read_jsonl,
+    read_text_csv,
+    read_text_file,
+)
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNE_TOPICS = ["startrek", "linux", "definitions", "zippy", "songs-poems"]
@@ -165,17 +172,6 @@ def read_review_folder(folder: Path) -> tuple[list[str], list[int]]:
     return texts, labels
 
 
-def read_text_file(path: Path) -> str:
-    """A whole UTF-8 text file; an empty (or blank) one is a UserError."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
-    if not text.strip():
-        raise UserError(f"'{path}' is empty: expected a text.")
-    return text
-
-
 @DATASETS.register("imdb")
 def imdb(cfg):
     """IMDB movie reviews, positive vs negative (aclImdb layout; 25,000 train / 25,000 test; downloaded when missing)."""
@@ -188,99 +184,8 @@ def imdb(cfg):
 
 # --- CSV / JSONL ----------------------------------------------------------------------------
 
-def _columns_error(path: Path, found, cfg, what: str) -> UserError:
-    missing = [c for c in (cfg.text_column, cfg.label_column) if c not in found]
-    return UserError(f"'{path}' has no {what} {', '.join(repr(c) for c in missing)}. Its columns are: "
-                     f"{', '.join(repr(c) for c in found) or '(none)'}. Set data.text_column and "
-                     f"data.label_column to the columns holding the text and the label.")
-
-
-def read_text_csv(path: Path, cfg, need_label: bool = True) -> tuple[list[str], list[str] | None, list[int]]:
-    """(texts, labels or None, line numbers) of a CSV file with a header line."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            first = f.readline()
-            f.seek(0)
-            reader = csv.reader(f, delimiter=max(",;\t", key=first.count) if first.strip() else ",")
-            rows = [(row, reader.line_num) for row in reader if any(c.strip() for c in row)]
-    except UnicodeDecodeError:
-        raise UserError(f"'{path}' is not UTF-8 text; expected a CSV file.") from None
-    except csv.Error as e:
-        raise UserError(f"'{path}': not valid CSV ({e}).") from None
-    except OSError as e:
-        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
-    if not rows:
-        raise UserError(f"'{path}' is empty; expected a header line naming the columns "
-                        f"'{cfg.text_column}' and '{cfg.label_column}', then one row per text.")
-    header = [c.strip() for c in rows[0][0]]
-    if cfg.text_column not in header or (need_label and cfg.label_column not in header):
-        raise _columns_error(path, header, cfg, "column")
-    ti = header.index(cfg.text_column)
-    li = header.index(cfg.label_column) if cfg.label_column in header else None
-    texts, labels, lines = [], [] if li is not None else None, []
-    for row, line in rows[1:]:
-        if len(row) != len(header):
-            raise UserError(f"'{path}' line {line}: {len(row)} fields, but the header names {len(header)} columns.")
-        texts.append(row[ti])
-        lines.append(line)
-        if li is not None:
-            labels.append(row[li].strip())
-    return _checked(path, texts, labels, lines, cfg)
-
-
-def read_jsonl(path: Path, cfg, need_label: bool = True) -> tuple[list[str], list[str] | None, list[int]]:
-    """(texts, labels or None, line numbers) of a JSON-lines file: one object per line."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"'{path}' is not UTF-8 text; expected JSON lines.") from None
-    except OSError as e:
-        raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
-    texts, labels, numbers = [], [], []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"'{path}' line {n}: not valid JSON ({e.msg}).") from None
-        if not isinstance(obj, dict) or cfg.text_column not in obj or (need_label and cfg.label_column not in obj):
-            found = list(obj) if isinstance(obj, dict) else []
-            raise _columns_error(path, found, cfg, f"key (line {n})")
-        if not isinstance(obj[cfg.text_column], str):
-            raise UserError(f"'{path}' line {n}: '{cfg.text_column}' must be a string, got {obj[cfg.text_column]!r}.")
-        value = obj.get(cfg.label_column)  # optional at predict time
-        if isinstance(value, (dict, list)) or (value is None and cfg.label_column in obj):
-            raise UserError(f"'{path}' line {n}: the label '{cfg.label_column}' must be a string or number, "
-                            f"got {value!r}.")
-        labels.append(None if value is None else str(value).lower() if isinstance(value, bool) else str(value))
-        texts.append(obj[cfg.text_column])
-        numbers.append(n)
-    if not texts:
-        raise UserError(f"'{path}' is empty; expected one JSON object per line with the keys "
-                        f"'{cfg.text_column}' and '{cfg.label_column}'.")
-    return _checked(path, texts, labels if any(v is not None for v in labels) else None, numbers, cfg)
-
-
-def _checked(path, texts, labels, lines, cfg):
-    if not texts:
-        raise UserError(f"'{path}' has a header but no rows.")
-    for text, line in zip(texts, lines):
-        if not text.strip():
-            raise UserError(f"'{path}' line {line}: the text column '{cfg.text_column}' is empty.")
-    for value, line in zip(labels or [], lines):
-        if value == "":
-            raise UserError(f"'{path}' line {line}: the label column '{cfg.label_column}' is empty.")
-    return texts, labels, lines
-
-
-READERS = {".csv": read_text_csv, ".jsonl": read_jsonl}
-
-
 def text_table(cfg, suffix: str):
     """Text classification from CSV (suffix '.csv') or JSON-lines ('.jsonl') files."""
-    from .files import csv_labels, need_path
-
     path = need_path(cfg, TABLE_EXPECTED)
     files = [path]
     if path.is_dir():

@@ -11,14 +11,15 @@ import torch
 from torch import nn
 
 from deepstep.errors import UserError
-from deepstep.models.autoencoder import is_generative
 from deepstep.models.layers import ACTIVATIONS, activation, check_fits, create_model
 from deepstep.registry import MODELS
 
-# Generative models (autoencoders, VAE) map inputs to inputs, not to class scores: their
-# forward/backward/shape checks are in tests/test_generative.py. Model "bert" reads only the ids of
-# a pretrained tokenizer (and loads pretrained weights): its checks are in tests/test_bert.py.
-CLASSIFIERS = [n for n in MODELS.names() if not is_generative(n) and n != "bert"]
+# Models tagged "classifier" map inputs to class scores. Generative models (autoencoders, VAE, GAN)
+# map inputs to inputs: their forward/backward/shape checks are in tests/test_generative.py and
+# tests/test_gan.py. Model "bert" reads only the ids of a pretrained tokenizer (and loads pretrained
+# weights): its checks are in tests/test_bert.py and, on a tiny random encoder, in
+# tests/test_model_interface.py, which also checks every classifier's timm-style interface.
+CLASSIFIERS = [n for n in MODELS.tagged("classifier") if n != "bert"]
 
 IMAGE_28 = (1, 28, 28)
 IMAGE_8 = (1, 8, 8)

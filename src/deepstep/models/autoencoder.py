@@ -3,11 +3,14 @@
 Registry convention for generative models: the factories keep the registry's signature
 `(in_shape, num_classes, *, options)` so that config resolution, `deepstep list/options` and
 run loading treat them like every other model, but `num_classes` is ignored — the output has the
-input's shape. Each factory is marked `generative = True` (see `is_generative`); the classifier
-tests skip marked models and tests/test_generative.py checks their shapes and gradients instead.
-The tasks `autoencode` and `vae` (tasks/generative.py) accept only marked models.
+input's shape. Each factory carries the registry tag "generative" (see `is_generative`), plus
+"autoencoder" (`encode` -> latent, `decode`) and, for the VAE, "vae" and "sampler"; the classifier
+tests take only models tagged "classifier", and tests/test_generative.py checks these shapes and
+gradients instead. The tasks `autoencode` and `vae` (tasks/generative.py) accept only generative
+models.
 
-Models know nothing about losses: `encode`, `decode` and, for the VAE, `sample`.
+Models know nothing about losses: `encode`, `decode` and, for the VAE, `sample`. `encode` means
+one thing in deepstep: an autoencoder's latent (the classifiers' features are `forward_features`).
 Inputs are expected in [0, 1] (images as loaded, no standardization).
 """
 
@@ -24,13 +27,13 @@ from .layers import activation as act
 
 
 def is_generative(name: str) -> bool:
-    """Whether registered model `name` reconstructs or generates inputs instead of classifying them."""
-    return bool(getattr(MODELS.get(name), "generative", False))
+    """Whether registered model `name` reconstructs or generates inputs instead of classifying them
+    (tag "generative"; an unknown name is a UserError)."""
+    return "generative" in MODELS.tags(name)
 
 
-def _generative(factory):
-    factory.generative = True
-    return factory
+AE_TAGS = ("generative", "autoencoder", "image")
+VAE_TAGS = (*AE_TAGS, "vae", "sampler")
 
 
 def _mlp(widths: list[int], activation: str) -> nn.Sequential:
@@ -105,11 +108,12 @@ class VAE(nn.Module):
         return self.images(self.noise(n, generator))
 
 
-@MODELS.register("ae-mlp")
-@_generative
+@MODELS.register("ae-mlp", tags=AE_TAGS)
 def ae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 64,
            activation: str = "relu") -> AutoEncoder:
-    """MLP autoencoder (guide: 784-256-64, mirrored decoder, sigmoid output); num_classes is ignored."""
+    """An MLP autoencoder, as in the guide: 784-256-64, a mirrored decoder and a sigmoid output.
+
+    Options: `hidden` widths, `latent_dim`, `activation`; num_classes is ignored."""
     n, hidden = math.prod(in_shape), list(hidden)
     encoder = nn.Sequential(nn.Flatten(), *_mlp([n, *hidden, latent_dim], activation))
     decoder = _mlp([latent_dim, *reversed(hidden), n], activation)
@@ -139,33 +143,36 @@ def _conv_parts(name: str, in_shape, channels: list[int], activation: str):
     return nn.Sequential(*down, nn.Flatten()), math.prod(small), nn.Sequential(nn.Unflatten(1, small), *up)
 
 
-@MODELS.register("ae-conv")
-@_generative
+@MODELS.register("ae-conv", tags=AE_TAGS)
 def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_dim: int = 32,
             activation: str = "relu") -> AutoEncoder:
-    """Convolutional autoencoder: stride-2 convs down, transposed convs up (H, W divisible by 2^layers)."""
+    """A convolutional autoencoder: stride-2 convs down, transposed convs up.
+
+    Image sides must be divisible by 2^len(channels). Options: `channels`, `latent_dim`, `activation`."""
     down, width, up = _conv_parts("ae-conv", in_shape, list(channels), activation)
     encoder = nn.Sequential(down, nn.Linear(width, latent_dim))
     decoder = nn.Sequential(nn.Linear(latent_dim, width), act(activation), up)
     return AutoEncoder(encoder, decoder, in_shape)
 
 
-@MODELS.register("vae-mlp")
-@_generative
+@MODELS.register("vae-mlp", tags=VAE_TAGS)
 def vae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 16,
             activation: str = "relu") -> VAE:
-    """MLP VAE: Gaussian latent, Bernoulli decoder (logits); num_classes is ignored."""
+    """An MLP variational autoencoder with a Gaussian latent and a Bernoulli decoder (logits).
+
+    Options: `hidden` widths, `latent_dim`, `activation`; num_classes is ignored."""
     n, hidden = math.prod(in_shape), list(hidden)
     body = nn.Sequential(nn.Flatten(), *_mlp([n, *hidden], activation), act(activation)) if hidden else nn.Flatten()
     decoder = _mlp([latent_dim, *reversed(hidden), n], activation)
     return VAE(body, hidden[-1] if hidden else n, decoder, in_shape, latent_dim)
 
 
-@MODELS.register("vae-conv")
-@_generative
+@MODELS.register("vae-conv", tags=VAE_TAGS)
 def vae_conv(in_shape, num_classes=0, *, channels: list[int] = (32, 64), latent_dim: int = 16,
              activation: str = "relu") -> VAE:
-    """Convolutional VAE: stride-2 convs to (mu, logvar), transposed convs to Bernoulli logits."""
+    """A convolutional variational autoencoder with a Gaussian latent and a Bernoulli decoder.
+
+    Stride-2 convs to (mu, logvar), transposed convs to Bernoulli logits. Image sides must be divisible by 2^len(channels). Options: `channels`, `latent_dim`, `activation`."""
     down, width, up = _conv_parts("vae-conv", in_shape, list(channels), activation)
     decoder = nn.Sequential(nn.Linear(latent_dim, width), act(activation), up)
     return VAE(down, width, decoder, in_shape, latent_dim)

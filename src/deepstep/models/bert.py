@@ -20,8 +20,9 @@ Adapting the encoder:
   Frozen parameters get `requires_grad=False`, so the optimizer never sees them: they are
   bit-identical after training.
 - `from_scratch`: build the architecture of `pretrained`'s config.json with random weights, to
-  measure what pretraining buys (`deepstep predict` also uses it to rebuild a run's encoder from
-  RUN/encoder/config.json before loading RUN/model.safetensors: no download, no bundled files).
+  measure what pretraining buys (the reload hook, `layers.reload_options("bert", ...)`, also uses
+  it to rebuild a run's encoder from RUN/encoder/config.json before loading RUN/model.safetensors:
+  no download, no bundled files).
 
 Dynamic padding: the data hold ids padded to data.max_length; each batch is cut to its longest
 row before the encoder runs. With right padding and absolute positions this changes no logit
@@ -56,6 +57,7 @@ from torch import nn
 
 from ..errors import UserError, unknown
 from ..registry import MODELS
+from .layers import reload_hook
 
 POOLINGS = ("cls", "mean")
 BUNDLED = "minilm"
@@ -166,7 +168,7 @@ class PretrainedClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
 
-    def encode(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, ids: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, H) of right-padded ids (B, T)."""
         mask = ids != self.pad_id
         if self.dynamic_padding:
@@ -178,8 +180,17 @@ class PretrainedClassifier(nn.Module):
         m = mask[..., None].to(h.dtype)
         return (h * m).sum(1) / m.sum(1).clamp(min=1)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.head(self.drop(self.encode(ids)))
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(feats)
+        return x if pre_logits else self.head(x)
+
+    def target_layer(self) -> nn.Module:
+        """The encoder's last transformer layer: its output's first element is (B, T', H), one
+        hidden state per (kept) position."""
+        return transformer_layers(self.encoder)[-1]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) ids -> (B, classes)
+        return self.forward_head(self.forward_features(ids))
 
     def freeze(self, embeddings: bool, layers: int) -> None:
         """Stop training the embeddings and/or the lower `layers` transformer layers."""
@@ -210,13 +221,16 @@ def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
     raise UserError(f"model.freeze_layers: cannot find the transformer layers of {type(encoder).__name__}.")
 
 
-@MODELS.register("bert")
+@MODELS.register("bert", tags=("classifier", "sequence", "text", "pretrained", "pretrained-tokenizer",
+                                 "run-files"))
 def bert(in_shape, num_classes, vocab_size: int = 0, *, pretrained: str = BUNDLED, pooling: str = "cls",
          dropout: float = 0.1, freeze_embeddings: bool = False, freeze_layers: int = 0,
          dynamic_padding: bool = True, from_scratch: bool = False) -> PretrainedClassifier:
-    """Pretrained BERT-family encoder (Hugging Face) + head: pretrained minilm|folder|hub id, pooling
-    cls|mean, dropout, freeze_embeddings, freeze_layers, dynamic_padding, from_scratch (needs
-    data.tokenizer = "pretrained")."""
+    """A pretrained BERT-family encoder (Hugging Face) with a classification head, for text.
+
+    It reads the ids of its own tokenizer: set data.tokenizer = "pretrained". Options: pretrained
+    minilm|folder|hub id, pooling cls|mean, dropout, freeze_embeddings, freeze_layers,
+    dynamic_padding, from_scratch."""
     if len(in_shape) != 1 or not vocab_size:
         raise UserError("Model 'bert' reads token ids of its pretrained tokenizer: use it on text data with "
                         "data.tokenizer = 'pretrained'.")
@@ -235,3 +249,10 @@ def bert(in_shape, num_classes, vocab_size: int = 0, *, pretrained: str = BUNDLE
     model = PretrainedClassifier(encoder, num_classes, pooling, dropout, pad, dynamic_padding)
     model.freeze(freeze_embeddings, freeze_layers)
     return model
+
+
+@reload_hook("bert")
+def _rebuild_from_run(run_path: Path, options: dict) -> dict:
+    """A run rebuilds its encoder offline: the architecture from RUN/encoder/config.json (written
+    by `save_run_files`) with random weights, which the run's own weights then replace."""
+    return {**options, "pretrained": str(Path(run_path) / ENCODER_DIR), "from_scratch": True}

@@ -33,6 +33,9 @@ def flat_size(features: nn.Module, in_shape) -> int:
         return math.prod(features(torch.zeros(1, *in_shape)).shape[1:])
 
 
+_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+
+
 class ConvNet(nn.Module):
     """Conv blocks -> flatten (or global average pool) -> MLP head."""
 
@@ -40,8 +43,24 @@ class ConvNet(nn.Module):
         super().__init__()
         self.features, self.head = features, head
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv stack's output map (B, C, H', W') or (B, C, T'), (.., 1, 1) with global pooling;
+        the head flattens it."""
+        return self.features(x)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head[:-1](feats) if pre_logits else self.head(feats)  # (B, hidden) or (B, classes)
+
+    def target_layer(self) -> nn.Module:
+        """The end of the last conv block (conv -> [BN] -> activation), before any pooling."""
+        layers = list(self.features)
+        i = max(k for k, m in enumerate(layers) if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+        while i + 1 < len(layers) and not isinstance(layers[i + 1], _POOLS):
+            i += 1
+        return layers[i]
+
     def forward(self, x):  # (B, C, H, W) or (B, C, T) -> (B, classes)
-        return self.head(self.features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 def _head(in_features: int, hidden, num_classes, activation, dropout) -> nn.Sequential:
@@ -57,12 +76,14 @@ def _head(in_features: int, hidden, num_classes, activation, dropout) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-@MODELS.register("convnet")
+@MODELS.register("convnet", tags=("classifier", "image", "series", "conv"))
 def convnet(in_shape, num_classes, *, channels: list[int] = (32, 64), kernel_size: int = 3, stride: int = 1,
             pool_every: int = 1, batch_norm: bool = True, activation: str = "relu", hidden: list[int] = (128,),
             dropout: float = 0.0, global_pool: bool = False) -> ConvNet:
-    """Configurable conv stack (2-D for images, 1-D for series): conv -> [BN] -> act, max-pool every
-    `pool_every` blocks (0: never), then flatten or global average pool, then an MLP head."""
+    """A configurable conv net with an MLP head, 2-D for images and 1-D for series.
+
+    One block per `channels` width: conv -> [BN] -> act, a max-pool every `pool_every` blocks
+    (0: never); then flatten (or global average pool, `global_pool`), then the `hidden` widths."""
     conv, bn, pool, gap = _ops(in_shape)
     layers: list[nn.Module] = []
     c = in_shape[0]
@@ -85,21 +106,25 @@ def _spatial(layers, in_shape):
         return nn.Sequential(*layers)(torch.zeros(1, *in_shape)).shape[2:]
 
 
-@MODELS.register("cnn-guide")
+@MODELS.register("cnn-guide", tags=("classifier", "image", "conv"))
 def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
-    """The guide's first CNN (row 6): conv 1->32 3x3 -> ReLU -> max-pool 2 -> linear -> classes.
-    For 28x28 input the linear layer reads 32*13*13 = 5408 features (the guide's 32*6*6 is wrong).
-    `flat_features` = 0 computes it; set 1152 to see the guide's mistake caught before training."""
+    """The introductory guide's first CNN (row 6): one conv, a max-pool and a linear layer.
+
+    conv 1->32 3x3 -> ReLU -> max-pool 2 -> linear -> classes. For 28x28 input the linear layer
+    reads 32*13*13 = 5408 features (the guide's 32*6*6 is wrong). `flat_features` = 0 computes it;
+    set 1152 to see the guide's mistake caught before training."""
     _image_only(in_shape, "cnn-guide")
     features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.MaxPool2d(2))
     n = flat_features or flat_size(features, in_shape)
     return ConvNet(features, nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes)))
 
 
-@MODELS.register("cnn-fashion")
+@MODELS.register("cnn-fashion", tags=("classifier", "image", "conv"))
 def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 128, flat_features: int = 0) -> ConvNet:
-    """The guide's bigger CNN (row 7): conv 1->32 3x3 -> ReLU -> conv 32->64 3x3 -> ReLU -> max-pool 2
-    -> fc 9216->128 -> fc 10 (9216 = 64*12*12 for 28x28 input), with dropout as in PyTorch's MNIST example."""
+    """The introductory guide's bigger CNN (row 7), with dropout as in PyTorch's MNIST example.
+
+    conv 1->32 3x3 -> ReLU -> conv 32->64 3x3 -> ReLU -> max-pool 2 -> fc 9216->128 -> fc 10
+    (9216 = 64*12*12 for 28x28 input)."""
     _image_only(in_shape, "cnn-fashion")
     features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
                              nn.MaxPool2d(2))

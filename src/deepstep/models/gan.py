@@ -21,7 +21,8 @@ from torch.nn.utils import parametrizations
 
 from ..errors import UserError
 from ..registry import MODELS
-from .autoencoder import _generative
+
+_TAGS = ("generative", "gan", "sampler", "image")
 
 
 def _sn(layer: nn.Module, on: bool) -> nn.Module:
@@ -29,6 +30,8 @@ def _sn(layer: nn.Module, on: bool) -> nn.Module:
 
 
 class GAN(nn.Module):
+    """A generator (z -> image in [-1, 1]) and a discriminator (image -> one logit) in one module."""
+
     def __init__(self, generator: nn.Module, discriminator: nn.Module, in_shape, latent_dim: int):
         super().__init__()
         self.in_shape, self.latent_dim = tuple(in_shape), latent_dim
@@ -61,10 +64,11 @@ def _check_image(name: str, in_shape) -> None:
                         f"Use an image data set (e.g. fashion-mnist, mnist, digits, cifar10).")
 
 
-@MODELS.register("gan-mlp")
-@_generative
+@MODELS.register("gan-mlp", tags=_TAGS)
 def gan_mlp(in_shape, num_classes=0, *, latent_dim: int = 100, hidden: int = 256, spectral_norm: bool = False) -> GAN:
-    """The guide's MLP GAN: G 100-256-784 (ReLU, tanh out), D 784-256-1 (LeakyReLU 0.2)."""
+    """The guide's MLP GAN: G 100-256-784 (ReLU, tanh out) and D 784-256-1 (LeakyReLU 0.2).
+
+    Options: `latent_dim`, `hidden`, `spectral_norm` (of the discriminator's layers)."""
     _check_image("gan-mlp", in_shape)
     n = math.prod(in_shape)
     g = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, n), nn.Tanh())
@@ -73,11 +77,13 @@ def gan_mlp(in_shape, num_classes=0, *, latent_dim: int = 100, hidden: int = 256
     return GAN(g, d, in_shape, latent_dim)
 
 
-@MODELS.register("dcgan")
-@_generative
+@MODELS.register("dcgan", tags=_TAGS)
 def dcgan(in_shape, num_classes=0, *, latent_dim: int = 100, width: int = 64, spectral_norm: bool = False) -> GAN:
-    """DCGAN for small images (28x28): G projects z to (2w, H/4, W/4) and doubles twice with
-    transposed convs (BN, ReLU, tanh out); D halves twice with stride-2 convs (LeakyReLU 0.2)."""
+    """A DCGAN for small images such as 28x28 (Radford et al. 2016).
+
+    G projects z to (2w, H/4, W/4) and doubles twice with transposed convs (BN, ReLU, tanh out);
+    D halves twice with stride-2 convs (LeakyReLU 0.2). Options: `latent_dim`, `width`,
+    `spectral_norm`."""
     _check_image("dcgan", in_shape)
     c, h, w = in_shape
     if h % 4 or w % 4 or h < 8 or w < 8:
@@ -100,9 +106,7 @@ def dcgan(in_shape, num_classes=0, *, latent_dim: int = 100, width: int = 64, sp
     return GAN(g, d, in_shape, latent_dim)
 
 
-gan_mlp.gan = dcgan.gan = True
-
-
 def is_gan(name: str) -> bool:
-    """Whether registered model `name` is a GAN (the `gan` task's models)."""
-    return bool(getattr(MODELS.get(name), "gan", False))
+    """Whether registered model `name` is a GAN (tag "gan": the `gan` task's models; an unknown
+    name is a UserError)."""
+    return "gan" in MODELS.tags(name)

@@ -47,6 +47,7 @@ from .resnet_small import BasicBlock
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 FREEZE = ("none", "stem", *STAGES, "backbone")
 UPTO = ("stem", *STAGES, "all")
+_TAGS = ("classifier", "image", "conv", "staged", "pretrained")
 
 
 class Bottleneck(nn.Module):
@@ -100,15 +101,26 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def features(self, x):  # (B, C, H, W) -> (B, 512 * expansion) pooled embedding
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 512 * expansion, H', W')
         if self.resize and tuple(x.shape[-2:]) != (self.resize, self.resize):
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.avgpool(x).flatten(1)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(feats).flatten(1)  # (B, 512 * expansion)
+        return x if pre_logits else self.fc(x)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, 512 * expansion)
+        """The pooled embedding that `fc` reads: forward_head(forward_features(x), pre_logits=True)."""
+        return self.forward_head(self.forward_features(x), pre_logits=True)
+
+    def target_layer(self) -> nn.Module:
+        """The last residual block, `layer4[-1]` (the usual Grad-CAM layer of torchvision's ResNets)."""
+        return self.layer4[-1]
 
     def forward(self, x):  # (B, C, H, W) -> (B, classes)
-        return self.fc(self.features(x))
+        return self.forward_head(self.forward_features(x))
 
     def param_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
         """Stages from the input to the head, for discriminative learning rates
@@ -118,9 +130,9 @@ class ResNet(nn.Module):
                 ("head", list(self.fc.parameters()))]
 
     def feature_head(self):
-        """(features, head): the embedding function and the module that maps it to outputs, for
-        training the head alone on cached features (train.cache_features)."""
-        return self.features, self.fc
+        """(embedding, head): the pooled-embedding function and the module that maps it to outputs,
+        for training the head alone on cached features (train.cache_features)."""
+        return self.embedding, self.fc
 
     def freeze(self, upto: str) -> None:
         """Stop training everything up to and including `upto` (see the module docstring)."""
@@ -207,25 +219,31 @@ def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, r
     return model
 
 
-@MODELS.register("resnet18")
+@MODELS.register("resnet18", tags=_TAGS)
 def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
              resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
-    """ResNet-18 (BasicBlock, [2, 2, 2, 2]); torchvision names; pretrained, freeze, resize, new_head, pretrained_upto."""
+    """ResNet-18 (BasicBlock, [2, 2, 2, 2]) with torchvision's parameter names, for transfer learning.
+
+    Options (see the module docstring): pretrained, freeze, resize, new_head, pretrained_upto."""
     return _build(BasicBlock, [2, 2, 2, 2], in_shape, num_classes, pretrained, freeze, resize, new_head, pretrained_upto,
                   "resnet18")
 
 
-@MODELS.register("resnet34")
+@MODELS.register("resnet34", tags=_TAGS)
 def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
              resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
-    """ResNet-34 (BasicBlock, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head, pretrained_upto."""
+    """ResNet-34 (BasicBlock, [3, 4, 6, 3]) with torchvision's parameter names, for transfer learning.
+
+    Options (see the module docstring): pretrained, freeze, resize, new_head, pretrained_upto."""
     return _build(BasicBlock, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, pretrained_upto,
                   "resnet34")
 
 
-@MODELS.register("resnet50")
+@MODELS.register("resnet50", tags=_TAGS)
 def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
              resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
-    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]); torchvision names; pretrained, freeze, resize, new_head, pretrained_upto."""
+    """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]) with torchvision's parameter names, for transfer learning.
+
+    Options (see the module docstring): pretrained, freeze, resize, new_head, pretrained_upto."""
     return _build(Bottleneck, [3, 4, 6, 3], in_shape, num_classes, pretrained, freeze, resize, new_head, pretrained_upto,
                   "resnet50")

@@ -3,6 +3,7 @@ Block and parameter names follow torchvision's ResNet (conv1/bn1/conv2/bn2/downs
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ..registry import MODELS
@@ -50,13 +51,26 @@ class SmallResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c, num_classes)
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, widths[-1], H', W')
+        return self.layers(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.avgpool(feats).flatten(1)  # (B, widths[-1])
+        return x if pre_logits else self.fc(x)
+
+    def target_layer(self) -> nn.Module:
+        """The last BasicBlock of the last stage (torchvision's `layer4[-1]` for Grad-CAM)."""
+        return self.layers[-1][-1]
+
     def forward(self, x):  # (B, C, H, W) -> (B, classes)
-        x = self.layers(self.relu(self.bn1(self.conv1(x))))
-        return self.fc(self.avgpool(x).flatten(1))
+        return self.forward_head(self.forward_features(x))
 
 
-@MODELS.register("resnet-small")
+@MODELS.register("resnet-small", tags=("classifier", "image", "conv"))
 def resnet_small(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), blocks: int = 2,
                  activation: str = "relu") -> SmallResNet:
-    """Small ResNet for 28x28 images: `blocks` BasicBlocks per stage of the given widths."""
+    """A small ResNet for 28x28 or 32x32 images, with torchvision's block and parameter names.
+
+    A 3x3 stem, then `blocks` BasicBlocks per stage of the given `widths` (stride 2 from the second
+    stage), global average pooling and a linear head."""
     return SmallResNet(in_shape[0], num_classes, list(widths), blocks, activation)

@@ -37,6 +37,7 @@ from ..registry import MODELS
 from .layers import activation as act
 
 READOUTS = ("last", "mean", "max")
+_TAGS = ("classifier", "series", "sequence", "text")
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -84,7 +85,7 @@ class RecurrentNet(nn.Module):
         self.dirs = 2 if bidirectional else 1
         self.head = head(self.dirs * hidden_size, list(head_hidden), num_classes, activation, dropout)
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Sequence features (B, dirs * hidden_size) after the readout."""
         lengths = None
         if self.embed is None:  # (B, C, T) series
@@ -106,20 +107,30 @@ class RecurrentNet(nn.Module):
         valid = torch.arange(out.shape[1], device=out.device)[None, :] < lengths[:, None].to(out.device)
         return out.masked_fill(~valid[..., None], float("-inf")).amax(1)
 
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head[:-1](feats) if pre_logits else self.head(feats)
+
+    def target_layer(self) -> nn.Module:
+        """The fused recurrent module (all its layers are one kernel): its output's first element is
+        the top layer's per-step outputs, (B, T, dirs * hidden_size) for series, packed for text."""
+        return self.rnn
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) or (B, T) ids -> (B, classes)
-        return self.head(self.encode(x))
+        return self.forward_head(self.forward_features(x))
 
 
 def _build(cell: str, name: str, in_shape, num_classes, vocab_size, **kw) -> RecurrentNet:
     return RecurrentNet(cell, step_features(in_shape, vocab_size, name), vocab_size, num_classes, **kw)
 
 
-@MODELS.register("rnn")
+@MODELS.register("rnn", tags=_TAGS)
 def rnn(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
         bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
         head_hidden: list[int] = (), activation: str = "relu", nonlinearity: str = "tanh") -> RecurrentNet:
-    """Elman RNN (fused nn.RNN): hidden_size, layers, bidirectional, dropout, readout last|mean|max,
-    embed_dim (text), head_hidden widths with activation, nonlinearity tanh|relu."""
+    """An Elman RNN (fused nn.RNN) for series or text, with a readout and a linear or MLP head.
+
+    Options: hidden_size, layers, bidirectional, dropout, readout last|mean|max, embed_dim (text),
+    head_hidden widths with activation, nonlinearity tanh|relu."""
     if nonlinearity not in ("tanh", "relu"):
         raise unknown("RNN nonlinearity", nonlinearity, ("tanh", "relu"))
     return _build("rnn", "rnn", in_shape, num_classes, vocab_size, hidden_size=hidden_size, layers=layers,
@@ -127,23 +138,27 @@ def rnn(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, l
                   head_hidden=head_hidden, activation=activation, nonlinearity=nonlinearity)
 
 
-@MODELS.register("lstm")
+@MODELS.register("lstm", tags=_TAGS)
 def lstm(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
          bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
          head_hidden: list[int] = (), activation: str = "relu") -> RecurrentNet:
-    """LSTM (fused nn.LSTM): hidden_size, layers, bidirectional, dropout, readout last|mean|max,
-    embed_dim (text), head_hidden widths with activation."""
+    """An LSTM (fused nn.LSTM) for series or text, with a readout and a linear or MLP head.
+
+    Options: hidden_size, layers, bidirectional, dropout, readout last|mean|max, embed_dim (text),
+    head_hidden widths with activation."""
     return _build("lstm", "lstm", in_shape, num_classes, vocab_size, hidden_size=hidden_size, layers=layers,
                   bidirectional=bidirectional, dropout=dropout, readout=readout, embed_dim=embed_dim,
                   head_hidden=head_hidden, activation=activation)
 
 
-@MODELS.register("gru")
+@MODELS.register("gru", tags=_TAGS)
 def gru(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
         bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
         head_hidden: list[int] = (), activation: str = "relu") -> RecurrentNet:
-    """GRU (fused nn.GRU): hidden_size, layers, bidirectional, dropout, readout last|mean|max,
-    embed_dim (text), head_hidden widths with activation."""
+    """A GRU (fused nn.GRU) for series or text, with a readout and a linear or MLP head.
+
+    Options: hidden_size, layers, bidirectional, dropout, readout last|mean|max, embed_dim (text),
+    head_hidden widths with activation."""
     return _build("gru", "gru", in_shape, num_classes, vocab_size, hidden_size=hidden_size, layers=layers,
                   bidirectional=bidirectional, dropout=dropout, readout=readout, embed_dim=embed_dim,
                   head_hidden=head_hidden, activation=activation)

@@ -138,7 +138,7 @@ class TransformerEncoder(nn.Module):
                             f"{self.pos.shape[1]} (its training inputs' length).")
         return self.drop(h + self.pos[:, : h.shape[1]]), pad
 
-    def encode(self, x: torch.Tensor, weights: bool = False):
+    def features_and_attention(self, x: torch.Tensor, weights: bool = False):
         """Pooled features (B, D) and, when `weights`, each layer's attention (B, heads, T', T')."""
         h, pad = self._embed(x)
         maps = []
@@ -153,11 +153,23 @@ class TransformerEncoder(nn.Module):
         keep = (~pad)[..., None].to(h.dtype)
         return (h * keep).sum(1) / keep.sum(1), maps
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, D): the final LayerNorm's [CLS] position or masked mean."""
+        return self.features_and_attention(x)[0]
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return feats if pre_logits else self.head(feats)
+
+    def target_layer(self) -> nn.Module:
+        """The last encoder block: its output's first element is (B, T', D), one vector per position
+        (T' counts the [CLS] position)."""
+        return self.blocks[-1]
+
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         """(B, C, T) series or (B, T) ids -> logits (B, classes); with `return_attention`, also the
         list of every layer's attention weights (B, heads, T', T'), T' counting the [CLS] position."""
-        feats, maps = self.encode(x, return_attention)
-        out = self.head(feats)
+        feats, maps = self.features_and_attention(x, return_attention)
+        out = self.forward_head(feats)
         return (out, maps) if return_attention else out
 
     @torch.no_grad()
@@ -166,13 +178,15 @@ class TransformerEncoder(nn.Module):
         return self.forward(x, return_attention=True)[1]
 
 
-@MODELS.register("transformer")
+@MODELS.register("transformer", tags=("classifier", "series", "sequence", "text", "attention"))
 def transformer(in_shape, num_classes, vocab_size: int = 0, *, dim: int = 64, heads: int = 4, layers: int = 2,
                 ff_dim: int = 0, dropout: float = 0.1, positions: str = "sinusoidal", pooling: str = "cls",
                 patch: int = 1, fast: bool = True) -> TransformerEncoder:
-    """Transformer encoder (pre-LN): dim, heads, layers, ff_dim (0: 4*dim), dropout, positions
-    sinusoidal|learned|none, pooling cls|mean, patch (series: steps per token), fast (SDPA attention
-    when no weights are asked)."""
+    """A pre-LayerNorm Transformer encoder for series or text, written out in deepstep.
+
+    Options: dim, heads, layers, ff_dim (0: 4*dim), dropout, positions sinusoidal|learned|none,
+    pooling cls|mean, patch (series: steps per token), fast (SDPA attention when no weights are
+    asked)."""
     in_features = step_features(in_shape, vocab_size, "transformer")
     if patch < 1 or (vocab_size and patch != 1) or patch > in_shape[-1]:
         raise UserError(f"model.patch = {patch} must be at least 1 and at most the series length "

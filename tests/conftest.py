@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepstep.engine.callbacks import Callback
+from deepstep.engine.plugin import Plugin
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 # downloads and the cached feature classifiers of samples/frechet go to a fresh folder: the tests
@@ -68,13 +68,13 @@ class Killed(Exception):
     """Raised by KillAt to stop a Loop as a SIGKILL would, between two steps."""
 
 
-class KillAt(Callback):
+class KillAt(Plugin):
     """Stop the loop at global step `step`."""
 
     def __init__(self, step):
         self.step = step
 
-    def on_batch_end(self, step):
+    def on_batch_end(self, run, step):
         if step == self.step:
             raise Killed
 
@@ -85,9 +85,6 @@ def interrupted_and_resumed(cfg, tmp_path, monkeypatch, kill_step: int):
     from deepstep import run as run_mod
 
     ref = run_mod.train(cfg, tmp_path / "ref", verbose=0)
-    make = run_mod._callbacks
-    monkeypatch.setattr(run_mod, "_callbacks", lambda *a, **k: make(*a, **k) + [KillAt(kill_step)])
     with pytest.raises(Killed):
-        run_mod.train(cfg, tmp_path / "cut", verbose=0)
-    monkeypatch.setattr(run_mod, "_callbacks", make)
+        run_mod.train(cfg, tmp_path / "cut", verbose=0, plugins=[KillAt(kill_step)])
     return ref, run_mod.resume(tmp_path / "cut", verbose=0)

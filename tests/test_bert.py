@@ -114,7 +114,7 @@ def test_pooling_cls_takes_the_first_position_and_mean_averages_the_real_tokens(
     cls, mean = tiny_model(tiny, pooling="cls").eval(), tiny_model(tiny, pooling="mean").eval()
     with torch.no_grad():
         h = cls.encoder(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
-        fc, fm = cls.encode(ids), mean.encode(ids)
+        fc, fm = cls.forward_features(ids), mean.forward_features(ids)
     torch.testing.assert_close(fc, h[:, 0])
     torch.testing.assert_close(fm[0], h[0, :5].mean(0))  # [CLS] rocket moon star [SEP]
     torch.testing.assert_close(fm[1], h[1, :3].mean(0))  # [CLS] soup [SEP]
@@ -247,7 +247,7 @@ def test_saved_pretrained_tokenizer_reproduces_the_training_ids(bert_run, tiny, 
     loaded = load_run(run)
     cfg = load_config(str(run / "config.toml"), [f"model.pretrained={tiny}"])  # the deleted copy's twin
     task = TASKS.get("classify")(cfg, Runtime(device="cpu", seed=cfg.train.seed))
-    np.testing.assert_array_equal(loaded.tokenizer.encode(list(task.texts["test"][0])), task.data["test"].x.numpy())
+    np.testing.assert_array_equal(loaded.inference().tokenizer.encode(list(task.texts["test"][0])), task.data["test"].x.numpy())
 
 
 def test_predict_from_the_run_directory_alone(bert_run):

@@ -16,15 +16,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import cli_env
-from deepstep.config import OptimConfig, SchedConfig, load_config
+from deepstep.config import OptimConfig, RunConfig, SchedConfig, load_config
 from deepstep.data.arrays import TensorData
-from deepstep.engine.callbacks import BestWeights, Callback
 from deepstep.engine.checkpoint import load_checkpoint
 from deepstep.engine.loop import Loop
 from deepstep.engine.optim import Optimization
+from deepstep.engine.plugin import Plugin
+from deepstep.engine.run import Run
 from deepstep.engine.rundir import RunDir
 from deepstep.engine.runtime import Runtime
 from deepstep.errors import NonFiniteLoss
+from deepstep.plugins.best import BestWeights
+from deepstep.plugins.metrics import MetricsLog
 from deepstep.run import train
 
 # --- toy tasks ----------------------------------------------------------------------------------
@@ -153,24 +156,26 @@ class Killed(Exception):
     """Stands in for the process dying between two epochs."""
 
 
-class KillAt(Callback):
+class KillAt(Plugin):
     """Dies at a global step, mid-epoch: metrics.jsonl then holds interval lines newer than the
     checkpoint, which the resume must drop."""
 
     def __init__(self, step: int):
         self.step = step
 
-    def on_batch_end(self, step: int) -> None:
+    def on_batch_end(self, run, step: int) -> None:
         if step == self.step:
             raise Killed
 
 
 def run_loop(make_task, path, epochs, seed=0, resume=False, callbacks=()):
-    """Build runtime + task + Loop on a RunDir as `deepstep.run.train` does; resume from its checkpoint."""
+    """Build runtime + task + Loop on a run directory as `engine.fit.fit` does (the metrics.jsonl
+    writer is a plug-in); resume from its checkpoint."""
     runtime = Runtime(device="cpu", seed=seed)
     task = make_task(epochs)
     run = RunDir.open(path) if resume else RunDir.create(path, {"task": "toy"})
-    loop = Loop(task, runtime, epochs, run, list(callbacks), log_every=4)
+    live = Run(RunConfig(), run, task=task, runtime=runtime)
+    loop = Loop(task, runtime, epochs, live, [MetricsLog(), *callbacks], log_every=4)
     if resume:
         loop.load_state_dict(load_checkpoint(run.checkpoint))
     final = loop.fit()
@@ -194,7 +199,7 @@ def check_resume_equals_uninterrupted(make_task, tmp_path, epochs=5, kill_at=2):
         run_loop(make_task, tmp_path / "cut", epochs, callbacks=[KillAt(kill_at * spe + spe - 1)])
     cut = RunDir(tmp_path / "cut")
     assert load_checkpoint(cut.checkpoint)["loop"]["epoch"] == kill_at
-    assert len(cut.read_metrics()) > load_checkpoint(cut.checkpoint)["metric_lines"]  # lines to drop
+    assert len(cut.read_metrics()) > load_checkpoint(cut.checkpoint)["plugins"]["metrics"]["lines"]  # lines to drop
     # a fresh process: different seed, new task objects; everything must come from the checkpoint
     task, loop, run, _ = run_loop(make_task, tmp_path / "cut", epochs, seed=123, resume=True)
     assert loop.state.epoch == epochs
@@ -282,9 +287,10 @@ class Scripted:
 
 
 def scripted_loop(tmp_path, task, epochs, patience, restore=True, monitor="val/acc"):
-    best = BestWeights(task.modules(), monitor, patience, restore)
+    best = BestWeights(monitor, patience, restore)
     run = RunDir.create(tmp_path / "run", {"task": "scripted"})
-    return Loop(task, Runtime(device="cpu"), epochs, run, [best]), run
+    rt = Runtime(device="cpu")
+    return Loop(task, rt, epochs, Run(RunConfig(), run, task=task, runtime=rt), [MetricsLog(), best]), run
 
 
 def test_early_stop_after_patience_restores_best(tmp_path):
@@ -297,7 +303,8 @@ def test_early_stop_after_patience_restores_best(tmp_path):
     assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3, 4, 5]
     # resuming an early-stopped run does not train on
     task2 = Scripted(task.scores)
-    loop2 = Loop(task2, Runtime(device="cpu"), 7, run, [BestWeights(task2.modules(), "val/acc", 3)])
+    rt = Runtime(device="cpu")
+    loop2 = Loop(task2, rt, 7, Run(RunConfig(), run, task=task2, runtime=rt), [MetricsLog(), BestWeights("val/acc", 3)])
     loop2.load_state_dict(load_checkpoint(run.checkpoint))
     loop2.fit()
     assert loop2.state.epoch == 5 and task2.net.weight.item() == 2.0

@@ -17,6 +17,7 @@ from deepstep.cli import main
 from deepstep.config import load_config
 from deepstep.data.series import Series, make_windows, read_series_file, select
 from deepstep.engine.runtime import Runtime
+from deepstep.plugins.forecast import forecast_baselines
 from deepstep.run import train
 from deepstep.tasks.forecast import Forecast, arima_forecasts, errors, next_labels, persistence
 
@@ -114,7 +115,7 @@ def test_task_baselines_use_exactly_the_test_points():
     v = np.arange(40, dtype=float)[:, None] ** 2  # 0, 1, 4, 9, ...
     a = task_for(v, "forecast.window=3", "forecast.horizon=1", "forecast.test_size=4", "forecast.val_size=4",
                  "forecast.arima_order=[1, 1, 0]")
-    m = a.extras(None)
+    m = forecast_baselines(a)  # plugins/forecast.py
     # persistence misses t^2 by t^2 - (t-1)^2 = 2t - 1 at t = 36..39
     miss = np.array([71.0, 73, 75, 77])
     assert m["baseline/persistence_rmse"] == pytest.approx(np.sqrt(np.mean(miss ** 2)))
@@ -203,7 +204,7 @@ def test_predict_next_horizon_from_csv_and_npy(finished, capsys):
     from deepstep.run import load_run
 
     run = load_run(result.run_dir)
-    out = run.predict_proba(values[-24:][None, None].astype(np.float32))[0]
+    out = run.predict(values[-24:][None, None].astype(np.float32))[0]
     n = run.meta["normalizer"]
     assert a["forecast"]["SUNACTIVITY"] == pytest.approx(list(out * n["std"][0] + n["mean"][0]), rel=1e-5)
 

@@ -230,7 +230,7 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
     cfg = load_config(recipe, ["train.epochs=5", "train.threads=0"])
     res = run_mod.train(cfg, tmp_path / "run", verbose=0)
     key = "test/neg_elbo" if cfg.task == "vae" else "test/recon_loss"
-    assert run_mod.evaluate_run(tmp_path / "run")[key] == res[key]
+    assert run_mod.load_run(tmp_path / "run").evaluate()[key] == res[key]
     import matplotlib.image
 
     pictures = ["reconstructions.png"] + (["samples.png"] if cfg.task == "vae" else [])
@@ -242,7 +242,7 @@ def test_eval_repeats_test_metrics_and_predict_scores_noise_as_anomalous(recipe,
     assert scatter.shape[0] > 100 and scatter[..., :3].std() > 0.05
     digits = (load_digits().images[:50] / 16.0).astype(np.float32)[:, None]
     noise = np.random.default_rng(0).random(digits.shape, dtype=np.float32)
-    model = run_mod.load_run(tmp_path / "run").model
+    model = run_mod.load_run(tmp_path / "run").model()
     assert anomaly_scores(model, noise).min() > anomaly_scores(model, digits).max()
     np.save(tmp_path / "x.npy", np.concatenate([digits[:1], noise[:1]]))
     capsys.readouterr()
@@ -299,7 +299,7 @@ def test_denoising_autoencoder_rebuilds_masked_digits_better_than_a_plain_one(tm
         cfg = load_config("digits-ae", ["train.epochs=20", "train.threads=0", f"gen.noise={noise}",
                                         "gen.noise_level=0.4"])
         run_mod.train(cfg, tmp_path / (noise or "plain"), verbose=0)
-        model = run_mod.load_run(tmp_path / (noise or "plain")).model
+        model = run_mod.load_run(tmp_path / (noise or "plain")).model()
         with torch.no_grad():
             loss[noise] = F.binary_cross_entropy(model(masked), x, reduction="none").flatten(1).sum(1).mean().item()
     assert loss["masking"] < loss[""] - 0.5, loss  # measured: 21.5 vs 22.7 nats

@@ -208,11 +208,11 @@ def test_transfer_run_loads_without_the_pretrained_file(tmp_path):
     train(load_config("digits-cnn", base), run_dir=tmp_path / "src", verbose=0)
     cfg = load_config("digits-cnn", [*base, f"model.pretrained={tmp_path / 'src'}", "model.freeze=layer3"])
     train(cfg, run_dir=tmp_path / "dst", verbose=0)
-    src, dst = load_run(tmp_path / "src").model, load_run(tmp_path / "dst").model
+    src, dst = load_run(tmp_path / "src").model(), load_run(tmp_path / "dst").model()
     assert torch.equal(src.layer3[1].conv2.weight, dst.layer3[1].conv2.weight)  # frozen: carried over
     assert not torch.equal(src.fc.weight, dst.fc.weight)
     (tmp_path / "src" / "model.safetensors").unlink()
-    assert torch.equal(load_run(tmp_path / "dst").model.fc.weight, dst.fc.weight)
+    assert torch.equal(load_run(tmp_path / "dst").model().fc.weight, dst.fc.weight)
 
 
 def test_resize_upsamples_inside_the_model():

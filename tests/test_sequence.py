@@ -137,7 +137,7 @@ def test_last_readout_is_the_state_at_each_rows_own_last_token(cell):
     model = create_model(cell, (9,), CLASSES, VOCAB, hidden_size=8, bidirectional=True).eval()
     x = tokens([9, 4])
     with torch.no_grad():
-        feats = model.encode(x)
+        feats = model.forward_features(x)
         for i, n in enumerate([9, 4]):
             out, _ = model.rnn(model.embed(x[i:i + 1, :n]))  # (1, n, 2H), no padding at all
             forward_last, backward_first = out[0, n - 1, :8], out[0, 0, 8:]
@@ -150,11 +150,11 @@ def test_series_readouts_against_torch_gru():
     model = create_model("gru", (2, 11), CLASSES, hidden_size=6, readout="mean").eval()
     with torch.no_grad():
         out, _ = model.rnn(x.transpose(1, 2))
-        torch.testing.assert_close(model.encode(x), out.mean(1))
+        torch.testing.assert_close(model.forward_features(x), out.mean(1))
         model.readout = "max"
-        torch.testing.assert_close(model.encode(x), out.amax(1))
+        torch.testing.assert_close(model.forward_features(x), out.amax(1))
         model.readout = "last"
-        torch.testing.assert_close(model.encode(x), out[:, -1])
+        torch.testing.assert_close(model.forward_features(x), out[:, -1])
 
 
 @pytest.mark.parametrize("name", SEQUENCE_MODELS)

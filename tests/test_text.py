@@ -395,7 +395,7 @@ def test_saved_tokenizer_reproduces_the_training_ids(text_run, monkeypatch):
 
     loaded = load_run(run)
     task = TASKS.get("classify")(loaded.cfg, Runtime(device="cpu", seed=loaded.cfg.train.seed))
-    np.testing.assert_array_equal(loaded.tokenizer.encode(list(task.texts["test"][0])),
+    np.testing.assert_array_equal(loaded.inference().tokenizer.encode(list(task.texts["test"][0])),
                                   task.data["test"].x.numpy())
 
 

@@ -71,7 +71,7 @@ def test_cached_features_train_the_same_head_faster(tmp_path):
 
     plain = train(load_config("digits-cnn", FROZEN), tmp_path / "plain", verbose=0)
     cached = train(load_config("digits-cnn", [*FROZEN, "train.cache_features=true"]), tmp_path / "cached", verbose=0)
-    a, b = load_run(plain.run_dir).model, load_run(cached.run_dir).model
+    a, b = load_run(plain.run_dir).model(), load_run(cached.run_dir).model()
     for k, v in a.state_dict().items():
         if not k.startswith("fc."):
             assert torch.equal(b.state_dict()[k], v), k  # the backbone is untouched in both
@@ -80,7 +80,7 @@ def test_cached_features_train_the_same_head_faster(tmp_path):
     assert cached["train_seconds"] < plain["train_seconds"]
     # the saved run holds the whole model: it classifies raw images
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
-    assert load_run(cached.run_dir).predict_proba(x).shape == (3, 10)
+    assert load_run(cached.run_dir).predict(x).shape == (3, 10)
 
 
 def test_cache_features_errors():
@@ -160,7 +160,7 @@ def test_transfer_recipe_end_to_end_with_cached_pretraining(run_cli, tmp_path, m
     monkeypatch.setenv("DEEPSTEP_CACHE", str(tmp_path / "cache"))
     r = run_cli("train", "fashion-to-digits-transfer", *TINY, "--run-dir", "t1", "--quiet", timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "transfer: pretraining 'fashion-resnet18' once (first use)" in r.stdout
+    assert "training the pretrained backbone 'fashion-resnet18' once (first use)" in r.stdout
     s = json.loads((tmp_path / "t1" / "summary.json").read_text())
     assert 0 <= s["test/acc"] <= 1 and 0 <= s["baseline/scratch_acc"] <= 1
     e = s["expect"]["test/acc"]
@@ -174,7 +174,7 @@ def test_transfer_recipe_end_to_end_with_cached_pretraining(run_cli, tmp_path, m
                 "--set", "train.cache_features=true", "--set", "transfer.scratch_baseline=false",
                 "--run-dir", "t2", "--quiet", timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "using the cached pretrained run" in r.stdout and "pretraining" not in r.stdout
+    assert "using the cached run of the pretrained backbone" in r.stdout and "once (first use)" not in r.stdout
     assert "baseline/scratch_acc" not in json.loads((tmp_path / "t2" / "summary.json").read_text())
 
     from sklearn.datasets import load_digits
@@ -209,12 +209,9 @@ def test_resume_needs_no_pretrained_file(tmp_path, monkeypatch):
             "optim.stage_lr_decay=0.5", "data.limit=300", "train.epochs=2", "train.batch_size=64"]
     cfg = load_config("digits-cnn", over)
     ref = run_mod.train(cfg, tmp_path / "ref", verbose=0)
-    make = run_mod._callbacks
     for name, step in (("cut", 5), ("early", 1)):  # 3 steps per epoch: killed in epoch 2 / epoch 1
-        monkeypatch.setattr(run_mod, "_callbacks", lambda *a, step=step, **k: make(*a, **k) + [KillAt(step)])
         with pytest.raises(Killed):
-            run_mod.train(cfg, tmp_path / name, verbose=0)
-    monkeypatch.setattr(run_mod, "_callbacks", make)
+            run_mod.train(cfg, tmp_path / name, verbose=0, plugins=[KillAt(step)])
     (tmp_path / "w.pth").unlink()
     resumed = run_mod.resume(tmp_path / "cut", verbose=0)
     assert resumed["test/acc"] == ref["test/acc"] and resumed["test/loss"] == ref["test/loss"]
@@ -229,7 +226,7 @@ def test_a_second_process_waits_for_the_pretraining_then_reuses_it(tmp_path, mon
     import subprocess
     import sys
 
-    from deepstep.transfer import cached_path, pretrained_run
+    from deepstep.tasks.transfer import cached_path, pretrained_run
 
     monkeypatch.setenv("DEEPSTEP_CACHE", str(tmp_path))
     path = cached_path("fashion-resnet18", ["train.epochs=1"])
@@ -244,5 +241,5 @@ def test_a_second_process_waits_for_the_pretraining_then_reuses_it(tmp_path, mon
     assert pretrained_run("fashion-resnet18", ["train.epochs=1"]) == path
     holder.wait(timeout=30)
     out = capsys.readouterr().out
-    assert "another process is pretraining" in out and "using the cached pretrained run" in out
+    assert "another process is training" in out and "using the cached run" in out
     assert "once (first use)" not in out

@@ -6,7 +6,7 @@ Public API: `fit`, `evaluate`, `predict` (any nn.Module on arrays), `train` (a r
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: F401  (deepstep.__version__)
 
 
 def train(recipe: str, overrides: list[str] = (), run_dir=None, verbose: int = 1):

@@ -10,10 +10,8 @@ import torch
 
 from .config import DataConfig, OptimConfig, RunConfig, SchedConfig, TrainConfig
 from .data.arrays import Arrays
-from .engine.loop import Loop
-from .engine.runtime import Runtime
+from .engine.fit import fit as _fit
 from .errors import UserError
-from .run import _callbacks
 from .tasks.supervised import Supervised, loss_fn, metrics
 
 KERAS_NAMES = {"train/loss": "loss", "train/acc": "accuracy", "val/loss": "val_loss", "val/acc": "val_accuracy"}
@@ -85,16 +83,13 @@ def fit(model: torch.nn.Module, data, *, epochs: int, batch_size: int = 64, opti
         optim=OptimConfig(name=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum),
         sched=SchedConfig(),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device, monitor="val/loss",
-                          early_stop=early_stopping, restore_best=early_stopping > 0),
+                          early_stop=early_stopping, restore_best=early_stopping > 0, log_every=10**9),
     )
-    runtime = Runtime.from_config(cfg.train)
-    task = Supervised(cfg, runtime, arrays=_arrays(*data, loss), model=model, loss=loss,
-                      train_acc="accuracy" in metrics)
-    loop = Loop(task, runtime, epochs, None, _callbacks(task, cfg, verbose), log_every=10**9)
-    loop.fit()
-    task.train(False)
+    arrays = _arrays(*data, loss)
+    run = _fit(cfg, task=lambda rt: Supervised(cfg, rt, arrays=arrays, model=model, loss=loss,
+                                               train_acc="accuracy" in metrics), verbose=verbose)
     hist = History()
-    for logs in loop.history:
+    for logs in run.loop.history:
         hist.epochs.append(logs["epoch"])
         for k, v in logs.items():
             if k not in ("epoch", "step"):

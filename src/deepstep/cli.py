@@ -1,6 +1,9 @@
 """`deepstep` command line: list, options, train, resume, eval, predict, sample, play, scratch.
 
-User errors exit with code 2 and one paragraph (no traceback); success exits 0."""
+Every command that reads a run opens it as one `Run` (engine/run.py) and dispatches on the
+capabilities its task declares in the registry ("predict", "reconstruct", "forecast", "sample",
+"play"), never on task names. User errors exit with code 2 and one paragraph (no traceback);
+success exits 0."""
 
 from __future__ import annotations
 
@@ -14,11 +17,14 @@ from .errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .version import __version__
+
     p = argparse.ArgumentParser(prog="deepstep", description="Learn and practise deep learning: one engine, one CLI.")
+    p.add_argument("--version", action="version", version=f"deepstep {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("list", help="recipes, models, data sets and tasks")
-    s.add_argument("what", nargs="?", choices=["recipes", "models", "data", "tasks"], help="show only this")
+    s = sub.add_parser("list", help="recipes, models, data sets, tasks and plug-ins")
+    s.add_argument("what", nargs="?", choices=["recipes", "models", "data", "tasks", "plugins"], help="show only this")
 
     s = sub.add_parser("options", help="every configurable key with its type, default and help")
     s.add_argument("model", nargs="?", help="also list this model's options")
@@ -27,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", help="recipe name (see `deepstep list`) or a path to a TOML file")
     s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optim.lr=3e-4 (repeatable; see `deepstep options`)")
+    s.add_argument("--with", dest="plugins", action="append", default=[], metavar="PLUGIN",
+                   help="add a plug-in to the run (repeatable; see `deepstep list plugins`), e.g. --with csv-log")
     s.add_argument("--run-dir", help="where to write the run (default runs/<recipe>-<time>)")
     s.add_argument("--quiet", action="store_true", help="no per-epoch output")
     s.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -76,8 +84,8 @@ def cmd_list(args) -> None:
     from rich.table import Table
 
     from .config import read_toml
-    from .engine.callbacks import monitor_mode
-    from .registry import DATASETS, MODELS, TASKS, recipe_paths
+    from .engine.logs import monitor_mode
+    from .registry import DATASETS, MODELS, PLUGINS, TASKS, recipe_paths
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # piped: full names for grep
     if args.what in (None, "recipes"):
@@ -91,13 +99,17 @@ def cmd_list(args) -> None:
             t.add_row(name, d.get("task", "classify"), d.get("data", {}).get("name", "") or d.get("env", {}).get("id", ""),
                       d.get("model", {}).get("name", ""), target, d.get("description", ""))
         console.print(t)
-    for what, reg, title in (("models", MODELS, "models"), ("data", DATASETS, "data sets"), ("tasks", TASKS, "tasks")):
+    for what, reg, title in (("models", MODELS, "models"), ("data", DATASETS, "data sets"), ("tasks", TASKS, "tasks"),
+                             ("plugins", PLUGINS, "plug-ins  (default: every run where it applies; others: --with NAME)")):
         if args.what in (None, what):
             t = Table(title=title)
             t.add_column("name", no_wrap=True)
+            if what != "data":
+                t.add_column("tags", no_wrap=True)
             t.add_column("description")
             for name in reg.names():
-                t.add_row(name, reg.about(name))
+                tags = [", ".join(sorted(reg.tags(name)))] if what != "data" else []
+                t.add_row(name, *tags, reg.about(name))
             console.print(t)
 
 
@@ -125,7 +137,14 @@ def cmd_train(args) -> None:
     from .config import load_config
     from .run import train
 
-    cfg = load_config(args.recipe, args.overrides)
+    extra = [f"plugins.use={json.dumps(args.plugins)}"] if args.plugins else []
+    if extra:  # --with adds to the recipe's own [plugins] use list
+        from .config import read_toml
+        from .registry import recipe_path
+
+        use = read_toml(recipe_path(args.recipe)).get("plugins", {}).get("use", [])
+        extra = [f"plugins.use={json.dumps(list(dict.fromkeys([*use, *args.plugins])))}"]
+    cfg = load_config(args.recipe, [*args.overrides, *extra])
     if args.dry_run:
         print(tomli_w.dumps(cfg.to_dict()))
         return
@@ -155,9 +174,9 @@ def cmd_resume(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from .run import evaluate_run
+    from .engine.run import Run
 
-    m = evaluate_run(args.run_dir, episodes=args.episodes)
+    m = Run.open(args.run_dir).evaluate(episodes=args.episodes)
     if args.json:
         print(json.dumps(m))
         return
@@ -168,28 +187,36 @@ def cmd_predict(args) -> None:
     import numpy as np
 
     from .data.inputs import read_inputs
-    from .run import load_run
+    from .engine.run import Run
+    from .registry import TASKS
 
-    run = load_run(args.run_dir)
-    if run.meta["task"] == "gan":
-        raise UserError(f"'{run.path}' is a GAN run: it generates images (deepstep sample {run.path}) "
-                        "and has nothing to predict for an input.")
-    if run.meta["task"] == "forecast":
+    run = Run.open(args.run_dir)
+    task = run.cfg.task
+    can = TASKS.tags(task)
+    if "play" in can:
+        raise UserError(f"'{run.path}' is a reinforcement-learning run (task {task}): use `deepstep eval` "
+                        "or `deepstep play`.")
+    if not can & {"predict", "reconstruct", "forecast"}:
+        hint = f" (deepstep sample {run.path})" if "sample" in can else ""
+        raise UserError(f"'{run.path}' is a {task} run: it generates images{hint} and has nothing to predict "
+                        "for an input.")
+    run.inference()  # a clear error for an unfinished run, before any input is read
+    if "forecast" in can:
         _predict_series(run, args)
         return
     labels = None
-    if run.meta["kind"] == "text":  # raw strings, .txt files, or CSV/JSONL rows
+    meta = run.meta
+    if meta.kind == "text":  # raw strings, .txt files, or CSV/JSONL rows
         from .data.text import read_texts
 
-        x, names, labels = read_texts(args.inputs, run.cfg.data, run.meta["classes"])
+        x, names, labels = read_texts(args.inputs, run.cfg.data, meta.classes)
     else:
-        x, names = read_inputs(args.inputs, tuple(run.meta["in_shape"]), run.meta["kind"],
-                               run.cfg.data.label_column)
-    if run.meta["task"] in ("autoencode", "vae"):  # tasks/generative.py
+        x, names = read_inputs(args.inputs, tuple(meta.in_shape), meta.kind, run.cfg.data.label_column)
+    if "reconstruct" in can:
         _predict_reconstructions(run, x, names, args)
         return
-    out = run.predict_proba(x)
-    classes = run.meta["classes"]
+    out = run.predict(x)
+    classes = meta.classes
     for j, (name, p) in enumerate(zip(names, out)):
         if labels and labels[j] is not None:
             name = f"{name} [label {labels[j]}]"
@@ -211,15 +238,16 @@ def _predict_reconstructions(run, x, names, args) -> None:
 
     from .tasks.generative import anomaly_scores, image_grid, reconstruct, save_png
 
-    x = run.normalizer(np.asarray(x, dtype=np.float32))
-    scores = anomaly_scores(run.model, x, run.cfg.gen.decoder, run.cfg.gen.sigma)
-    recon = reconstruct(run.model, x)
+    x = run.preprocess(x)
+    model = run.model()
+    scores = anomaly_scores(model, x, run.cfg.gen.decoder, run.cfg.gen.sigma)
+    recon = reconstruct(model, x)
     out = Path(args.out) if args.out else run.path / "predictions"
     for i, (name, score) in enumerate(zip(names, scores)):
         rec = {"input": name, "anomaly_score": round(float(score), 4)}
-        if run.meta["kind"] == "image":
+        if run.meta.kind == "image":
             f = out / f"{Path(str(name).split('[')[0]).stem or 'input'}-{i}-recon.png"
-            save_png(f, image_grid(np.stack([x[i], recon[i].numpy()]), 2))
+            save_png(f, image_grid(np.stack([x[i].numpy(), recon[i].numpy()]), 2))
             rec["reconstruction"] = str(f)
         print(json.dumps(rec) if args.json else f"{name}: anomaly score {rec['anomaly_score']:.3f} nats"
               + (f", reconstruction {rec['reconstruction']}" if "reconstruction" in rec else ""))
@@ -228,20 +256,22 @@ def _predict_reconstructions(run, x, names, args) -> None:
 def cmd_sample(args) -> None:
     import torch
 
-    from .run import load_run
+    from .engine.run import Run
+    from .registry import TASKS
     from .tasks.generative import image_grid, save_png
 
-    run = load_run(args.run_dir)
-    if not hasattr(run.model, "sample"):
-        raise UserError(f"'{run.path}' is a {run.meta['task']} run with model '{run.cfg.model['name']}', which does "
+    run = Run.open(args.run_dir)
+    if not TASKS.has(run.cfg.task, "sample"):
+        raise UserError(f"'{run.path}' is a {run.cfg.task} run with model '{run.cfg.model['name']}', which does "
                         "not generate: `deepstep sample` needs a GAN (task gan) or VAE (task vae) run.")
-    if run.meta["kind"] != "image":
-        raise UserError(f"'{run.path}' was trained on {run.meta['kind']} data; `deepstep sample` draws images.")
+    run.inference()  # a clear error for an unfinished run
+    if run.meta.kind != "image":
+        raise UserError(f"'{run.path}' was trained on {run.meta.kind} data; `deepstep sample` draws images.")
     if not 1 <= args.n <= 10000 or args.cols < 1:
         raise UserError(f"--n {args.n} must be between 1 and 10000, and --cols at least 1.")
     if not args.out.lower().endswith(".png"):
         raise UserError(f"--out {args.out}: the file name must end in .png.")
-    images = run.model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    images = run.model().sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     save_png(Path(args.out), image_grid(images, min(args.cols, args.n)))
     print(f"{args.n} samples from {run.path} (seed {args.seed}) written to {args.out}")
 
@@ -261,17 +291,17 @@ def _predict_series(run, args) -> None:
 
 
 def cmd_play(args) -> None:
-    from .engine.rundir import RunDir
-    from .run import load_task
+    from .engine.run import Run
+    from .registry import TASKS
 
-    run = RunDir.open(args.run_dir)
-    if run.read_json(run.meta).get("kind") != "env":
+    run = Run.open(args.run_dir)
+    if not TASKS.has(run.cfg.task, "play"):
         raise UserError(f"'{run.path}' is not a reinforcement-learning run: play needs a run of task dqn or ppo.")
     if args.max_steps < 1:
         raise UserError(f"--max-steps {args.max_steps} must be at least 1.")
     if args.gif and not args.gif.lower().endswith(".gif"):
         raise UserError(f"--gif {args.gif}: the file name must end in .gif.")
-    r = load_task(run.path).play(args.gif, seed=args.seed, max_steps=args.max_steps)
+    r = run.rebuild().play(args.gif, seed=args.seed, max_steps=args.max_steps)
     saved = f"; {r['frames']} frames written to {args.gif}" if args.gif else ""
     print(f"episode return {r['return']:.1f} in {r['length']} steps{saved}")
 

@@ -18,12 +18,15 @@ The tokenizer is saved as JSON (`tokenizer.json` in the run directory) and rebui
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.checkpoint import atomic_write
+from ..engine.hub import check_local_folder, hub_offline, resolve_source
 from ..errors import UserError
 
 PAD, UNK = "<pad>", "<unk>"
@@ -101,10 +104,6 @@ class Tokenizer:
 
     def save(self, run_path) -> None:
         """Write tokenizer.json into the run directory `run_path`."""
-        import json
-
-        from ..engine.checkpoint import atomic_write
-
         atomic_write(Path(run_path) / TOKENIZER_FILE, json.dumps(self.to_dict()).encode())
 
     def to_dict(self) -> dict:
@@ -145,8 +144,6 @@ class PretrainedTokenizer:
     def from_pretrained(cls, pretrained: str, texts, max_length: int = 0) -> PretrainedTokenizer:
         """The tokenizer of model.pretrained; `max_length` 0: the longest of `texts` (in tokens),
         capped at the tokenizer's own limit either way."""
-        from ..models.bert import check_local_folder, resolve_source
-
         source, local = resolve_source(pretrained)
         if local:
             check_local_folder(source, False, pretrained)
@@ -168,16 +165,12 @@ class PretrainedTokenizer:
         return self.hf.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True)
 
     def save(self, run_path) -> None:
-        import json
-
         folder = Path(run_path) / PRETRAINED_DIR
         self.hf.save_pretrained(folder)
         (folder / PRETRAINED_SETTINGS).write_text(json.dumps({"max_length": self.max_length, "source": self.source}))
 
     @classmethod
     def load(cls, run_path) -> PretrainedTokenizer:
-        import json
-
         folder = Path(run_path) / PRETRAINED_DIR
         f = folder / PRETRAINED_SETTINGS
         if not f.is_file():
@@ -194,8 +187,6 @@ def _clean(text: str) -> str:
 
 def _auto_tokenizer(source: str, local: bool, what: str):
     from transformers import AutoTokenizer
-
-    from ..models.bert import hub_offline
 
     try:
         with hub_offline(local):

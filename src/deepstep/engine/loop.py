@@ -1,12 +1,12 @@
 """The one training loop. It knows nothing about the domain: a task yields items for an epoch
 (batches, rollouts, ...), `task.train_step(item)` does the work and returns a dict of scalars
 (0-dim tensors are fine: they are summed on the device and read once per logging interval).
+The task's contract is `engine.task.Task`; optional concerns are plug-ins (`engine.plugin`).
 
-Task protocol (duck-typed):
-    batches(epoch) -> iterable of items           modules() -> {name: nn.Module}
-    train_step(item) -> {key: scalar}             evaluate(split) -> {key: float}
-    train(mode=True)                              end_epoch(logs)
-    state_dict() / load_state_dict(state)         samples_in(item) -> int
+`run` is the live `engine.run.Run` (or None for a bare loop): plug-in hooks receive it, and its
+run directory (`run.dir`, None when the run writes nothing) holds the checkpoints. Records go
+to the plug-ins' `on_log` (the metrics.jsonl writer is one); the loop writes no file but the
+checkpoint.
 """
 
 from __future__ import annotations
@@ -29,27 +29,33 @@ class LoopState:
     train_seconds: float = 0.0
     step_seconds: float = 0.0
     samples: int = 0
-    stopped: bool = False  # a callback ended training early; a resume must not continue it
+    stopped: bool = False  # a plug-in ended training early; a resume must not continue it
 
 
 class Loop:
-    def __init__(self, task, runtime, epochs: int, run=None, callbacks=(), checkpoint_every: int = 1,
+    def __init__(self, task, runtime, epochs: int, run=None, plugins=(), checkpoint_every: int = 1,
                  log_every: int = 100):
         self.task, self.runtime, self.epochs, self.run = task, runtime, epochs, run
-        self.callbacks = list(callbacks)
+        self.plugins = sorted(plugins, key=lambda p: p.order)
         self.checkpoint_every, self.log_every = checkpoint_every, log_every
         self.state = LoopState()
         self.history: list[dict] = []
         self.saved_epoch: int | None = None  # epoch of the last checkpoint this loop wrote or loaded
 
+    @property
+    def dir(self):
+        """The run directory checkpoints go to (main process only), or None."""
+        d = getattr(self.run, "dir", None)
+        return d if d is not None and self.runtime.is_main else None
+
     def fit(self) -> dict:
-        task, cbs, st = self.task, self.callbacks, self.state
-        for cb in cbs:
-            cb.on_train_begin(self)
+        task, pls, st, run = self.task, self.plugins, self.state, self.run
+        for p in pls:
+            p.on_start(run)
         while st.epoch < self.epochs and not st.stopped:
             epoch, t0 = st.epoch, time.perf_counter()
-            for cb in cbs:
-                cb.on_epoch_begin(epoch)
+            for p in pls:
+                p.on_epoch_start(run, epoch)
             task.train(True)
             sums, n, last, last_n = {}, 0, {}, 0
             for item in task.batches(epoch):
@@ -61,8 +67,8 @@ class Loop:
                 st.samples += task.samples_in(item) * self.runtime.world_size  # shards are equal
                 if st.step % self.log_every == 0:
                     last, last_n = self._log_interval(sums, n, last, last_n)
-                for cb in cbs:
-                    cb.on_batch_end(st.step)
+                for p in pls:
+                    p.on_batch_end(run, st.step)
             logs = self._means(sums, n)
             self._check_finite(logs, f"epoch {epoch + 1}")
             st.step_seconds += time.perf_counter() - t0
@@ -71,18 +77,19 @@ class Loop:
             logs = {"epoch": epoch + 1, "step": st.step, **logs}
             st.train_seconds += time.perf_counter() - t0
             st.epoch += 1
-            stop = any([cb.on_epoch_end(epoch, logs) for cb in cbs])
+            task.end_epoch(logs)  # schedules step; adds e.g. lr
+            for p in pls:
+                p.on_log(run, logs)
+            stop = any([p.on_epoch_end(run, logs) for p in pls])
             # every rank must take the same decision, or the others wait forever in the next step
             st.stopped = bool(self.runtime.all_reduce_sum(torch.tensor(float(stop))).item() > 0)
-            task.end_epoch(logs)
             self.history.append(logs)
-            if self.run is not None and self.runtime.is_main:
-                self.run.log(logs)
-                if st.epoch % self.checkpoint_every == 0 or st.stopped or st.epoch == self.epochs:
-                    self.save()
+            if self.dir is not None and (st.epoch % self.checkpoint_every == 0 or st.stopped
+                                         or st.epoch == self.epochs):
+                self.save()
         final: dict = {}
-        for cb in cbs:
-            cb.on_train_end(final)
+        for p in pls:
+            p.on_train_end(run, final)
         return final
 
     def _means(self, sums: dict, n: int) -> dict:
@@ -97,19 +104,21 @@ class Loop:
         now = self._means(sums, 1)
         rec = {k: (now[k] - last.get(k, 0.0)) / (n - last_n) for k in now}
         self._check_finite(rec, f"step {self.state.step}")
-        if self.run is not None and self.runtime.is_main:
-            self.run.log({"step": self.state.step, **rec})
+        record = {"step": self.state.step, **rec}
+        for p in self.plugins:
+            p.on_log(self.run, record)
         return now, n
 
     def _check_finite(self, logs: dict, where: str) -> None:
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            if self.run is None:
+            d = getattr(self.run, "dir", None)
+            if d is None:
                 kept = ""
             elif self.saved_epoch is None:
-                kept = f" No checkpoint was written yet; {self.run.path} holds the metrics so far."
+                kept = f" No checkpoint was written yet; {d.path} holds the metrics so far."
             else:
-                kept = f" The last good checkpoint (epoch {self.saved_epoch}) is kept in {self.run.checkpoint}."
+                kept = f" The last good checkpoint (epoch {self.saved_epoch}) is kept in {d.checkpoint}."
             raise NonFiniteLoss(
                 f"Training diverged at {where}: {', '.join(bad)} became {logs[bad[0]]}. "
                 f"Lower optim.lr, set train.grad_clip (e.g. 1.0), or check the data for NaN values.{kept}"
@@ -119,21 +128,25 @@ class Loop:
         return {
             "task": self.task.state_dict(),
             "loop": asdict(self.state),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "plugins": {_key(p): p.state_dict() for p in self.plugins},
             "rng": rng_state(),
-            "metric_lines": self.run.metric_lines() if self.run else 0,
         }
 
     def save(self) -> None:
-        save_checkpoint(self.state_dict(), self.run.checkpoint)
+        save_checkpoint(self.state_dict(), self.dir.checkpoint)
         self.saved_epoch = self.state.epoch
 
     def load_state_dict(self, state: dict) -> None:
         self.task.load_state_dict(state["task"])
         self.state = LoopState(**state["loop"])
-        for cb, s in zip(self.callbacks, state["callbacks"]):
-            cb.load_state_dict(s)
+        saved = state.get("plugins", {})
+        for p in self.plugins:
+            if _key(p) in saved:  # a plug-in added since the checkpoint starts from scratch
+                p.load_state_dict(saved[_key(p)])
         set_rng_state(state["rng"])
         self.saved_epoch = self.state.epoch
-        if self.run is not None and self.runtime.is_main:
-            self.run.truncate_metrics(state["metric_lines"])
+
+
+def _key(plugin) -> str:
+    """A plug-in's name in the checkpoint: its registered name, else its class name."""
+    return plugin.name or type(plugin).__name__

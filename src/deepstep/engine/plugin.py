@@ -14,7 +14,11 @@ Events, in order, each receiving the live `Run` (engine/run.py) first:
     on_log(run, record)             every logged record: step records {"step", "train/loss", ...}
                                     every train.log_every steps, and the epoch record
     on_epoch_end(run, logs) -> bool the epoch record (validation included); True requests a stop
-    on_finish(run, summary)         after the final evaluation: write files, add summary keys
+    on_train_end(run, logs)         training is over, before the final evaluation: best weights
+                                    restores the best epoch here and adds best_epoch to `logs`
+    on_finish(run, summary)         after the final evaluation and the weights file: write
+                                    files, add summary keys (baselines); `[expect]` is checked
+                                    after every plug-in's on_finish, so targets may name their keys
 
 `state_dict()` / `load_state_dict()` go into every checkpoint, so resume stays exact. `order`
 sorts plug-ins (lower first) at every event: best weights (order -100) restores the best epoch
@@ -57,6 +61,7 @@ class Plugin:
     def on_epoch_end(self, run: Any, logs: dict) -> bool:
         return False
 
+    def on_train_end(self, run: Any, logs: dict) -> None: ...
     def on_finish(self, run: Any, summary: dict) -> None: ...
 
     def state_dict(self) -> dict:

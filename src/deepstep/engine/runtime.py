@@ -1,7 +1,13 @@
 """Device, precision, seeding and torch.distributed behind one thin object (cf. Lightning Fabric).
 
-Tasks ask the runtime to place tensors and modules, to run a forward pass under autocast and to
-reduce metrics across processes; the loop never touches devices itself.
+Tasks ask the runtime to place modules and to reduce metrics across processes; the loop never
+touches devices itself. The runtime owns every forward: `Runtime.module(model)` returns a
+`RuntimeModule` that runs the model's forward *and its other methods and sub-modules* (a GAN's
+`discriminator`, a VAE's `encode`, a policy's `act`) under bf16 autocast when
+`train.precision = "bf16"`, hands 4-D float inputs over in channels_last when
+`train.channels_last`, and calls a `torch.compile`d forward when `train.compile`. Tasks therefore
+contain no autocast or memory-format code; `unwrap` strips the wrapper, DDP and compile, and
+`evaluating(*modules)` is the one "eval mode and back" block.
 """
 
 from __future__ import annotations
@@ -82,7 +88,9 @@ class Runtime:
     tasks then shard each batch by `rank` and average gradients with DDP.
     """
 
-    def __init__(self, device="auto", precision="fp32", seed=0, deterministic=False, threads=0, channels_last=False):
+    def __init__(self, device="auto", precision="fp32", seed=0, deterministic=False, threads=0, channels_last=False,
+                 compile=False):
+        self.compile = compile
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(device)
@@ -106,6 +114,7 @@ class Runtime:
             deterministic=train_cfg.deterministic,
             threads=train_cfg.threads,
             channels_last=train_cfg.channels_last,
+            compile=train_cfg.compile,
         )
 
     @property
@@ -121,15 +130,27 @@ class Runtime:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def module(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move a model to the device (and memory format); wrap it in DDP when distributed."""
-        model = model.to(self.device)
+    def module(self, model: torch.nn.Module, ddp: bool = True) -> RuntimeModule:
+        """Move a model to the device (and memory format), wrap it in DDP when distributed (and
+        `ddp`: modules with trainable parameters that every rank updates), compile its forward
+        when asked, and return the `RuntimeModule` that runs it under this runtime's precision."""
+        model = unwrap(model).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        if self.distributed:
+        inner: torch.nn.Module = model
+        if self.distributed and ddp and any(p.requires_grad for p in model.parameters()):
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        return model
+            inner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.compile:
+            inner = torch.compile(inner)
+        return RuntimeModule(model, inner, self)
+
+    def prepare(self, args: tuple) -> tuple:
+        """Inputs as the model wants them: 4-D float tensors in channels_last when asked."""
+        if not self.channels_last:
+            return args
+        return tuple(a.contiguous(memory_format=torch.channels_last)
+                     if torch.is_tensor(a) and a.ndim == 4 and a.is_floating_point() else a for a in args)
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over processes; the tensor may live anywhere (NCCL needs it on the GPU)."""
@@ -158,6 +179,69 @@ class Runtime:
         return f"{self.device.type} ({torch.get_num_threads()} threads)"
 
 
+class RuntimeModule(torch.nn.Module):
+    """A model as the runtime runs it (cf. Lightning Fabric's module wrapper).
+
+    `wrapper(x)` runs the (DDP-wrapped, compiled) forward under autocast with prepared inputs.
+    Any other method of the model (`wrapper.encode(x)`, `wrapper.act(obs)`) and any sub-module
+    (`wrapper.discriminator(x)`, itself wrapped) runs under autocast too, on the plain model.
+    Parameters, `train()`/`eval()` and `state_dict()` are the model's (keys prefixed `module.`:
+    save `unwrap(wrapper).state_dict()`)."""
+
+    def __init__(self, plain: torch.nn.Module, inner: torch.nn.Module, runtime: Runtime):
+        super().__init__()
+        self.module = inner  # registered: parameters, train/eval and .to() reach the model
+        object.__setattr__(self, "_plain", plain)  # not registered: no duplicate parameters
+        object.__setattr__(self, "_rt", runtime)
+        object.__setattr__(self, "_children_cache", {})
+
+    def forward(self, *args, **kwargs):
+        with self._rt.autocast():
+            return self.module(*self._rt.prepare(args), **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # registered parameters, buffers, sub-modules
+        except AttributeError:
+            pass
+        attr = getattr(self._plain, name)
+        if isinstance(attr, torch.nn.Module):
+            cache = self._children_cache
+            if name not in cache or cache[name]._plain is not attr:
+                cache[name] = RuntimeModule(attr, attr, self._rt)
+            return cache[name]
+        if callable(attr) and getattr(attr, "__self__", None) is self._plain:
+            rt = self._rt
+
+            def method(*args, **kwargs):
+                with rt.autocast():
+                    return attr(*rt.prepare(args), **kwargs)
+
+            return method
+        return attr
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside a DDP wrapper."""
-    return getattr(model, "module", model)
+    """The plain module inside a RuntimeModule, DDP wrapper and torch.compile."""
+    while True:
+        if isinstance(model, RuntimeModule):
+            model = model._plain
+        elif isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+@contextlib.contextmanager
+def evaluating(*modules: torch.nn.Module):
+    """Evaluation mode for `modules` inside the block, each back in its own mode afterwards."""
+    was = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, w in zip(modules, was):
+            m.train(w)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.tokenize import Tokenizer
+
 C_GRID = (0.1, 1.0, 10.0, 100.0)
 
 
@@ -21,8 +23,6 @@ def tfidf_logreg(texts: list[str], y: np.ndarray, test_texts: list[str], val=Non
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
-
-    from ..data.tokenize import Tokenizer
 
     words = Tokenizer("word", ["<pad>", "<unk>"], lowercase, 1).split
     vec = TfidfVectorizer(tokenizer=words, token_pattern=None, lowercase=False, ngram_range=(1, 2),

@@ -28,16 +28,20 @@ import torch.nn.functional as F
 
 from ..data.arrays import Normalizer, TensorData
 from ..data.series import SERIES_SETS, Series, Windows, make_windows, read_series_file, select
-from ..engine.callbacks import monitor_mode
+from ..engine.logs import monitor_mode
 from ..engine.optim import Optimization
+from ..engine.runtime import evaluating
 from ..errors import UserError
 from ..models.layers import check_fits, create_model
 from ..registry import DATASETS, TASKS
 from .supervised import Supervised
 
 
+@TASKS.register("forecast", tags=("forecast",))
 class Forecast(Supervised):
-    """Forecast `horizon` steps of the target columns from `window` past steps of all columns.
+    """Time-series forecasting over sliding windows, with RMSE/MAE beside persistence and ARIMA baselines.
+
+    Forecast `horizon` steps of the target columns from `window` past steps of all columns.
 
     Reuses Supervised's step, batching, optimizer handling and checkpoint state; builds its own
     chronological windows instead of a shuffled split, and reports errors in original units.
@@ -98,38 +102,19 @@ class Forecast(Supervised):
         """The model's forecasts for a split's windows, (N, horizon, K) in original units, computed
         in evaluation mode unless the normalized outputs `out` are given."""
         if out is None:
-            was = self.model.training
-            self.model.eval()
-            out = self.outputs(self.data[split].x)
-            self.model.train(was)
+            with evaluating(self.model):
+                out = self.outputs(self.data[split].x)
         out = out.cpu().numpy()
         return out.reshape(len(out), self.cfg.forecast.horizon, -1) * self.y_std + self.y_mean
 
     def evaluate(self, split: str) -> dict:
         if split not in self.data:
             return {}
-        was = self.model.training
-        self.model.eval()
         d = self.data[split]
-        out = self.outputs(d.x)
-        self.model.train(was)
+        with evaluating(self.model):
+            out = self.outputs(d.x)
         loss = F.mse_loss(out, d.y.float()).item()
         return {f"{split}/loss": loss, **errors(self.forecasts(split, out), self.windows[split].y, split)}
-
-    def extras(self, run_path: Path | None = None) -> dict:
-        """Baselines on the test windows; with a run directory, also forecast.png and forecast.csv."""
-        test, fc = self.windows["test"], self.cfg.forecast
-        pred = self.forecasts("test")
-        pers = persistence(test.x, self.sel.target, fc.horizon)
-        out = errors(pers, test.y, "baseline", "persistence_")
-        arima = arima_forecasts(self.sel.values, self.sel.target, self.val_start, test.origins, fc.horizon,
-                                fc.arima_order)
-        if arima is not None:
-            out.update(errors(arima, test.y, "baseline", "arima_"))
-        if run_path is not None:
-            write_forecasts(run_path / "forecast.csv", self, pred, pers, arima)
-            plot_forecasts(run_path / "forecast.png", self, pred, pers, arima, out)
-        return out
 
 
 def errors(pred: np.ndarray, actual: np.ndarray, prefix: str, name: str = "") -> dict:
@@ -263,7 +248,7 @@ def predict_file(run, path: str) -> dict:
         raise UserError(f"'{path}' holds {len(sel.values)} time step(s), but this run's model reads windows of "
                         f"{window} (forecast.window): give at least the last {window} values of the series.")
     x = sel.values[-window:].T[None].astype(np.float32)  # (1, C, window)
-    out = run.predict_proba(x).reshape(fm["horizon"], len(sel.target))
+    out = run.predict(x).reshape(fm["horizon"], len(sel.target))
     norm = run.meta["normalizer"]
     mean, std = np.asarray(norm["mean"])[sel.target], np.asarray(norm["std"])[sel.target]
     values = out * std + mean
@@ -286,8 +271,3 @@ def next_labels(labels: list[str], horizon: int) -> list[str]:
             return [fmt(t[-1] + step * (i + 1)) for i in range(horizon)]
     return [f"+{i + 1}" for i in range(horizon)]
 
-
-@TASKS.register("forecast")
-def forecast(cfg, runtime, **kw) -> Forecast:
-    """Time-series forecasting over sliding windows; RMSE/MAE beside persistence and ARIMA baselines."""
-    return Forecast(cfg, runtime, **kw)

@@ -28,6 +28,13 @@ import sys
 import numpy as np
 import torch
 
+from ..config import RunConfig
+from ..data.download import cache_dir
+from ..engine.fit import cached_run
+from ..engine.run import Run
+from ..engine.runtime import evaluating, rng_state, set_rng_state
+from ..registry import DATASETS
+
 FEATURE_NET_VERSION = 1
 FEATURE_NET = {  # the fixed classifier recipe (data: the run's data set, normalized, full size)
     "task": "classify",
@@ -67,22 +74,22 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class FeatureNet:
     """The fixed classifier of one data set: `features_and_classes` gives the penultimate
-    activations and the predicted class of images in [0, 1] as the data set loads them."""
+    activations (the head's pre-logits) and the predicted class of images in [0, 1] as the data
+    set loads them."""
 
-    def __init__(self, loaded):
-        self.run = loaded
-        self.model = loaded.model
-        self.accuracy = json.loads((loaded.path / "summary.json").read_text())["test/acc"]
-        self.num_classes = loaded.meta["num_outputs"]
+    def __init__(self, run: Run):
+        self.run = run
+        self.model = run.model()
+        self.accuracy = run.summary["test/acc"]
+        self.num_classes = run.meta.num_outputs
 
     @torch.inference_mode()
     def features_and_classes(self, x: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-        body, last = self.model.head[:-1], self.model.head[-1]
         feats, preds = [], []
         for i in range(0, len(x), batch):
-            h = body(self.model.features(self.run.normalizer(x[i:i + batch].float().cpu())))
-            feats.append(h.double().numpy())
-            preds.append(last(h).argmax(1).numpy())
+            f = self.model.forward_features(self.run.preprocess(x[i:i + batch].float().cpu()))
+            feats.append(self.model.forward_head(f, pre_logits=True).double().numpy())
+            preds.append(self.model.forward_head(f).argmax(1).numpy())
         return np.concatenate(feats), np.concatenate(preds)
 
 
@@ -90,8 +97,6 @@ def feature_net(data_cfg, log=print) -> FeatureNet:
     """The data set's fixed classifier, trained into the cache on first use. The caller's random
     state and thread count are left as they were (building a model draws random numbers), so a
     run that trains or loads the classifier continues exactly like one that does not."""
-    from ..engine.runtime import rng_state, set_rng_state
-
     state, threads = rng_state(), torch.get_num_threads()
     try:
         with torch.inference_mode(False), torch.enable_grad():  # callers measure under no_grad
@@ -102,11 +107,6 @@ def feature_net(data_cfg, log=print) -> FeatureNet:
 
 
 def _feature_net(data_cfg, log) -> FeatureNet:
-    from ..config import RunConfig
-    from ..data.download import cache_dir
-    from ..registry import DATASETS
-    from ..run import load_run, train
-
     data = dataclasses.replace(data_cfg, normalize=True, limit=0, augment="", stream=False, download=True)
     key = json.dumps({"v": FEATURE_NET_VERSION, "net": FEATURE_NET, "data": dataclasses.asdict(data)}, sort_keys=True)
     folder = cache_dir() / "feature-nets" / f"{data.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
@@ -119,12 +119,8 @@ def _feature_net(data_cfg, log) -> FeatureNet:
         spec["train"]["epochs"] = epochs
         cfg = RunConfig.from_dict({**spec, "data": dataclasses.asdict(data), "recipe": "feature-net"},
                                   where="the feature classifier")
-        if folder.exists():  # an interrupted earlier attempt: start over
-            import shutil
-
-            shutil.rmtree(folder)
-        train(cfg, folder, verbose=0)
-    return FeatureNet(load_run(folder))
+        cached_run(cfg, folder, verbose=0, what=f"the feature classifier of '{data.name}'", announce=False)
+    return FeatureNet(Run.open(folder))
 
 
 def sample_metrics(net: FeatureNet, real: torch.Tensor, fake: torch.Tensor, prefix: str = "samples") -> dict:
@@ -145,11 +141,9 @@ def sample_quality(task, model, split: str) -> dict:
     if split not in task.data or not n:
         return {}
     real = task.data[split].x[:n]
-    was = model.training
-    model.eval()
     gen = torch.Generator(device=real.device).manual_seed(SAMPLE_SEED)
-    fake = torch.cat([model.sample(min(1000, len(real) - i), generator=gen) for i in range(0, len(real), 1000)])
-    model.train(was)
+    with evaluating(model):
+        fake = torch.cat([model.sample(min(1000, len(real) - i), generator=gen) for i in range(0, len(real), 1000)])
     if getattr(task, "_feature_net", None) is None:
         task._feature_net = feature_net(task.cfg.data, log_stderr)
     net = task._feature_net

@@ -15,30 +15,32 @@ the end, samples/frechet and samples/class_coverage with gen.test_samples images
 a fixed deepstep classifier per data set, not Inception FID). The checkpoint holds both networks
 (one module), both optimizers and the batch counter, so a resumed run continues exactly.
 
-Pictures in the run directory: samples/epoch-NNN.png (64 images from the same fixed noise every
-epoch), samples.png, interpolation.png (straight lines between latent codes) and losses.png.
+Pictures in the run directory (plugins/pictures.py): samples/epoch-NNN.png (64 images from the
+same fixed noise every epoch), samples.png, interpolation.png (straight lines between latent
+codes) and losses.png.
 Training runs in one process: under torchrun it stops with a clear error (the two networks
 would each need their own DistributedDataParallel wrapper).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
 from ..engine.optim import Optimization
-from ..engine.runtime import unwrap
+from ..engine.runtime import evaluating, unwrap
 from ..errors import UserError
 from ..models.gan import is_gan
 from ..registry import MODELS, TASKS
 from .frechet import sample_quality
-from .generative import EVAL_SEED, image_grid, interpolation_strip, save_loss_curves, save_png
+from .generative import EVAL_SEED
 from .supervised import Supervised
 
 
+@TASKS.register("gan", tags=("sample",))
 class GANTask(Supervised):
+    """GAN: discriminator and generator steps with two optimizers, reporting samples/frechet."""
+
     def __init__(self, cfg, runtime, **kw):
         name = cfg.model["name"]
         if kw.get("model") is None and not is_gan(name):
@@ -66,23 +68,17 @@ class GANTask(Supervised):
         self.opt = self.opt_g  # Supervised's lr logging reads self.opt
         self.meta["loss"] = "gan"
         self.n_batches = 0
-        self.run_dir: Path | None = None
-
-    def set_run_dir(self, path) -> None:
-        """Where the per-epoch sample grids go (the main process's run directory)."""
-        self.run_dir = Path(path)
 
     # --- the step ---------------------------------------------------------------------------
     def train_step(self, batch) -> dict:
-        gan = unwrap(self.model)
+        gan = self.model  # the runtime's wrapper: every forward below runs under its precision
         real = batch[0] * 2 - 1
         n = len(real)
         fake = gan.generate(gan.noise(n))
         # real and fake images go through D as separate batches: with batch norm in D, a mixed
         # batch would normalize the fakes differently here than in the generator's step below
-        with self.rt.autocast():
-            real_logits = gan.discriminator(real).float().squeeze(1)
-            fake_logits = gan.discriminator(fake.detach()).float().squeeze(1)
+        real_logits = gan.discriminator(real).float().squeeze(1)
+        fake_logits = gan.discriminator(fake.detach()).float().squeeze(1)
         d_loss = 0.5 * (F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, self.cfg.gen.real_label))
                         + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))  # mean over 2n
         self.opt_d.step(d_loss)
@@ -90,12 +86,11 @@ class GANTask(Supervised):
         out = {"gan/d_loss": d_loss, "gan/d_real": torch.sigmoid(real_logits).mean(),
                "gan/d_fake": torch.sigmoid(fake_logits).mean()}
         if self.n_batches % self.cfg.gen.d_steps == 0:
-            d_params = [p for p in gan.discriminator.parameters() if p.requires_grad]
+            d_params = [p for p in unwrap(gan).discriminator.parameters() if p.requires_grad]
             for p in d_params:
                 p.requires_grad_(False)
             try:
-                with self.rt.autocast():
-                    g_logits = gan.discriminator(fake).float().squeeze(1)
+                g_logits = gan.discriminator(fake).float().squeeze(1)
                 g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))  # non-saturating
                 self.opt_g.step(g_loss)
             finally:
@@ -108,32 +103,17 @@ class GANTask(Supervised):
         self.opt_d.end_epoch()
         self.opt_g.end_epoch()
         logs["lr"] = self.opt_g.lr
-        if self.run_dir is not None:
-            epoch = logs.get("epoch", 0)
-            save_png(self.run_dir / "samples" / f"epoch-{epoch:03d}.png", image_grid(self._fixed_samples(), 8))
 
     @torch.no_grad()
-    def _fixed_samples(self, n: int = 64) -> torch.Tensor:
+    def fixed_samples(self, n: int = 64) -> torch.Tensor:
+        """n generated images in [0, 1] from the same fixed noise every time (evaluation mode)."""
         gan = unwrap(self.model)
-        was = gan.training
-        gan.eval()
-        gen = torch.Generator(device=self.rt.device).manual_seed(EVAL_SEED)
-        images = gan.sample(n, generator=gen)
-        gan.train(was)
-        return images
+        with evaluating(gan):
+            return gan.sample(n, generator=torch.Generator(device=self.rt.device).manual_seed(EVAL_SEED))
 
     # --- measuring --------------------------------------------------------------------------
     def evaluate(self, split: str) -> dict:
         return sample_quality(self, unwrap(self.model), split)
-
-    def extras(self, path=None) -> dict:
-        if path is None:
-            return {}
-        gan = unwrap(self.model)
-        save_png(Path(path) / "samples.png", image_grid(self._fixed_samples(), 8))
-        save_png(Path(path) / "interpolation.png", interpolation_strip(gan))
-        save_loss_curves(Path(path))
-        return {}
 
     def state_dict(self) -> dict:
         return {"model": unwrap(self.model).state_dict(), "opt_d": self.opt_d.state_dict(),
@@ -145,8 +125,3 @@ class GANTask(Supervised):
         self.opt_g.load_state_dict(state["opt_g"])
         self.n_batches = state["n_batches"]
 
-
-@TASKS.register("gan")
-def gan(cfg, runtime, **kw) -> GANTask:
-    """GAN: discriminator and generator steps with two optimizers; reports samples/frechet."""
-    return GANTask(cfg, runtime, **kw)

@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.checkpoint import atomic_write
-from ..engine.runtime import unwrap
+from ..engine.rundir import RunDir
+from ..engine.runtime import evaluating, unwrap
 from ..errors import UserError
+from ..models.autoencoder import VAE as VAEModel
 from ..models.autoencoder import is_generative
 from ..registry import MODELS, TASKS
 from .frechet import sample_quality
@@ -132,8 +134,7 @@ class Generative(Supervised):
 
     def train_step(self, batch) -> dict:
         x = batch[0]
-        with self.rt.autocast():
-            terms = {k: v.mean() for k, v in self._losses(x).items()}
+        terms = {k: v.mean() for k, v in self._losses(x).items()}  # forwards under the runtime's precision
         if self.kind == "vae":
             loss = terms["recon"] + self.cfg.gen.beta * terms["kl"]
             self.opt.step(loss)
@@ -142,39 +143,13 @@ class Generative(Supervised):
         return {"train/loss": terms["recon_loss"]}
 
     @torch.inference_mode()
-    def extras(self, path=None) -> dict:
-        """Pictures in the run directory `path`: reconstructions.png (rows of 8 test inputs, each
-        above its reconstruction), latent.png (test codes coloured by class; VAE: posterior means)
-        and, for a VAE, samples.png (64 images from the prior, fixed seed)."""
-        if path is None or self.meta["kind"] != "image":
-            return {}
-        model = unwrap(self.model)
-        was = model.training
-        model.eval()
-        x = self.data["test" if "test" in self.data else "train"].x[:32]
-        cols = min(8, len(x))
-        x = x[:len(x) // cols * cols]
-        recon = reconstruct(model, x)
-        pairs = torch.stack([x.reshape(-1, cols, *x.shape[1:]), recon.reshape(-1, cols, *x.shape[1:])], 1)
-        save_png(Path(path) / "reconstructions.png", image_grid(pairs.flatten(0, 2), cols))
-        if self.kind == "vae":
-            gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
-            save_png(Path(path) / "samples.png", image_grid(model.sample(64, generator=gen), 8))
-            save_png(Path(path) / "interpolation.png", interpolation_strip(model))
-        save_loss_curves(Path(path))
-        d = self.data["test" if "test" in self.data else "train"]
-        codes = model.encode(d.x[:2000])
-        save_latent_scatter(Path(path) / "latent.png", codes[0] if self.kind == "vae" else codes, d.y[:2000],
-                            self.meta["classes"])
-        model.train(was)
-        return {}
-
-    @torch.inference_mode()
     def evaluate(self, split: str) -> dict:
         if split not in self.data:
             return {}
-        was = self.model.training
-        self.model.eval()
+        with evaluating(self.model):
+            return self._evaluate(split)
+
+    def _evaluate(self, split: str) -> dict:
         x, bs = self.data[split].x, self.cfg.train.eval_batch_size
         gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
         sums: dict[str, float] = {}
@@ -182,17 +157,15 @@ class Generative(Supervised):
             xb = x[i:i + bs]
             eps = None
             if self.kind == "vae":
-                eps = torch.randn(len(xb), unwrap_latent(self.model), generator=gen, device=x.device)
-            with self.rt.autocast():
-                for k, v in self._losses(xb, eps).items():
-                    sums[k] = sums.get(k, 0.0) + v.sum().item()
+                eps = torch.randn(len(xb), unwrap(self.model).latent_dim, generator=gen, device=x.device)
+            for k, v in self._losses(xb, eps).items():
+                sums[k] = sums.get(k, 0.0) + v.sum().item()
         k = self.cfg.gen.nll_samples
         if self.kind == "vae" and split == "test" and k:
             chunk = max(1, 16384 // k)  # k decoder passes per example: bound the memory
             sums["nll"] = sum(importance_nll(unwrap(self.model), x[i:i + chunk], k, gen,
                                              self.cfg.gen.decoder, self.cfg.gen.sigma).sum().item()
                               for i in range(0, len(x), chunk))
-        self.model.train(was)
         out = {f"{split}/{k}": v / len(x) for k, v in sums.items()}
         if self.kind == "vae":
             out[f"{split}/neg_elbo"] = out[f"{split}/recon"] + out[f"{split}/kl"]
@@ -206,23 +179,23 @@ def anomaly_scores(model, x: torch.Tensor, decoder: str = "bernoulli", sigma: fl
     """Per-example anomaly score in nats (higher: less like the training data) of inputs in [0, 1]:
     the reconstruction BCE for an autoencoder; for a VAE, -ELBO at the posterior mean (eps = 0,
     so the score is deterministic)."""
-    model.eval()
     x = torch.as_tensor(x, dtype=torch.float32)
-    if hasattr(model, "sample"):  # a VAE
-        recon, kl = neg_elbo_terms(model, x, torch.zeros(len(x), model.latent_dim), decoder, sigma)
-        return recon + kl
-    return F.binary_cross_entropy(model(x), x, reduction="none").flatten(1).sum(1)
+    with evaluating(model):
+        if isinstance(unwrap(model), VAEModel):
+            recon, kl = neg_elbo_terms(model, x, torch.zeros(len(x), unwrap(model).latent_dim), decoder, sigma)
+            return recon + kl
+        return F.binary_cross_entropy(_wide(model(x)), x, reduction="none").flatten(1).sum(1)
 
 
 @torch.inference_mode()
 def reconstruct(model, x) -> torch.Tensor:
     """Reconstructions in [0, 1] of inputs in [0, 1]: the autoencoder's output, or for a VAE the
     decoder's Bernoulli means at the posterior mean."""
-    model.eval()
     x = torch.as_tensor(x, dtype=torch.float32)
-    if hasattr(model, "sample"):
-        return torch.sigmoid(model.decode(model.encode(x)[0]))
-    return model(x)
+    with evaluating(model):
+        if isinstance(unwrap(model), VAEModel):
+            return torch.sigmoid(model.decode(model.encode(x)[0]))
+        return model(x)
 
 
 def image_grid(images, cols: int) -> np.ndarray:
@@ -251,14 +224,12 @@ def save_png(path: Path, grid: np.ndarray) -> None:
 def interpolation_strip(model, rows: int = 6, steps: int = 10):
     """Rows of images decoded along straight lines between pairs of latent codes (fixed seed);
     `model` has noise(n, generator) and images(z) in [0, 1] (the GAN and the VAE)."""
-    was = model.training
-    model.eval()
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(EVAL_SEED + 2)
-    a, b = model.noise(rows, gen), model.noise(rows, gen)
-    t = torch.linspace(0, 1, steps, device=a.device).view(1, steps, 1)
-    z = (a[:, None] * (1 - t) + b[:, None] * t).flatten(0, 1)  # (rows * steps, latent)
-    images = model.images(z)
-    model.train(was)
+    with evaluating(model):
+        gen = torch.Generator(device=next(model.parameters()).device).manual_seed(EVAL_SEED + 2)
+        a, b = model.noise(rows, gen), model.noise(rows, gen)
+        t = torch.linspace(0, 1, steps, device=a.device).view(1, steps, 1)
+        z = (a[:, None] * (1 - t) + b[:, None] * t).flatten(0, 1)  # (rows * steps, latent)
+        images = model.images(z)
     return image_grid(images, steps)
 
 
@@ -269,8 +240,6 @@ def save_loss_curves(run_path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..engine.rundir import RunDir
 
     rows = [r for r in RunDir(run_path).read_metrics() if "epoch" in r]
     keys = sorted({k for r in rows for k in r if k.endswith(("loss", "/recon", "/kl", "neg_elbo", "frechet"))})
@@ -318,18 +287,17 @@ def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classe
     _save_figure(fig, path)
 
 
-def unwrap_latent(model) -> int:
-    """The latent width of a (possibly DDP-wrapped) VAE."""
-    return getattr(model, "module", model).latent_dim
+@TASKS.register("autoencode", tags=("reconstruct",))
+class AutoEncode(Generative):
+    """Autoencoder, denoising with gen.noise, reporting recon_loss (BCE nats per example)."""
+
+    def __init__(self, cfg, runtime, **kw):
+        super().__init__(cfg, runtime, "autoencode", **kw)
 
 
-@TASKS.register("autoencode")
-def autoencode(cfg, runtime, **kw) -> Generative:
-    """Autoencoder (denoising with gen.noise); reports recon_loss (BCE nats per example)."""
-    return Generative(cfg, runtime, "autoencode", **kw)
+@TASKS.register("vae", tags=("reconstruct", "sample"))
+class VAE(Generative):
+    """Variational autoencoder (gen.beta), reporting neg_elbo, recon and kl in nats per example."""
 
-
-@TASKS.register("vae")
-def vae(cfg, runtime, **kw) -> Generative:
-    """Variational autoencoder (gen.beta); reports neg_elbo, recon and kl in nats per example."""
-    return Generative(cfg, runtime, "vae", **kw)
+    def __init__(self, cfg, runtime, **kw):
+        super().__init__(cfg, runtime, "vae", **kw)

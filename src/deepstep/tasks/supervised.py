@@ -3,8 +3,8 @@ and regression (MSE/L1/Huber; RMSE, MAE). The step is one forward/backward on a 
 
 Text (data kind "text"): after the split, a tokenizer is built on the training texts only and
 every part becomes int64 ids (N, T) — no normalization; the model gets the vocabulary size as its
-third positional argument (models/rnn.py). `extras` then saves the tokenizer (tokenizer.json) and
-scores a TF-IDF + logistic-regression baseline on the same split (tasks/baselines.py).
+third positional argument (models/rnn.py). Plug-ins save the tokenizer (tokenizer.json) and score a
+TF-IDF + logistic-regression baseline on the same split (plugins/text.py).
 With data.tokenizer = "pretrained" the tokenizer is instead the pretrained encoder's own (the
 source named by model.pretrained; models/bert.py), saved into RUN/tokenizer/ with the encoder's
 config.json in RUN/encoder/.
@@ -13,7 +13,11 @@ Transfer learning (ResNets, models/resnet.py): `data.train_limit` keeps the firs
 examples after the split (the test part stays the same); `optim.stage_lr_decay` gives each earlier
 stage a smaller rate (engine/optim.py `stage_groups`); `train.cache_features` encodes every split
 once with the frozen backbone and trains the head on the embeddings, through the same loop;
-`transfer.scratch_baseline` trains the same model from scratch on the same split in `extras`."""
+`transfer.scratch_baseline` trains the same model from scratch on the same split
+(plugins/scratch.py); `transfer.pretrain` trains a backbone recipe once (`Supervised.prepare`).
+
+Registered as the classes `Classify` and `Regress`; `Supervised.inference(run)` rebuilds what
+predictions need from a finished run directory alone."""
 
 from __future__ import annotations
 
@@ -33,19 +37,24 @@ from ..data.arrays import (
     resize_images,
     split,
 )
-from ..data.tokenize import PretrainedTokenizer, build_tokenizer
-from ..engine.callbacks import monitor_mode
+from ..data.tokenize import TOKENIZER_FILE, PretrainedTokenizer, Tokenizer, build_tokenizer
+from ..engine.checkpoint import load_state
+from ..engine.logs import monitor_mode
 from ..engine.optim import Optimization, stage_groups
-from ..engine.runtime import seed_everything, unwrap
+from ..engine.run import Inference
+from ..engine.runtime import evaluating, unwrap
 from ..errors import UserError
-from ..models.layers import check_fits, create_model, text_models
-from ..registry import DATASETS, TASKS
+from ..models.layers import check_fits, create_model, reload_options, text_models
+from ..registry import DATASETS, MODELS, TASKS
+from .transfer import with_pretrained
 
 LOSSES = ("cross_entropy", "mse", "l1", "huber")
 
 
 class Supervised:
-    """Args:
+    """Learning from labelled in-memory arrays: one forward and backward pass per batch.
+
+    Args:
         cfg: the resolved RunConfig.
         runtime: device/precision/distribution.
         arrays: data to use instead of loading `cfg.data.name` (the Python API passes its own).
@@ -125,7 +134,7 @@ class Supervised:
                 raise UserError(f"Model '{name}' reads the ids of its pretrained tokenizer: set "
                                 f"data.tokenizer = 'pretrained' (not '{cfg.data.tokenizer}').")
             model = create_model(name, *data_args, **{k: v for k, v in cfg.model.items() if k != "name"})
-            pad = getattr(model, "pad_id", None)
+            pad = model.pad_id if MODELS.has(name, "pretrained-tokenizer") else None
             if isinstance(self.tokenizer, PretrainedTokenizer) and pad not in (None, self.tokenizer.pad_id):
                 raise UserError(f"The tokenizer of '{self.tokenizer.source}' pads with id {self.tokenizer.pad_id}, "
                                 f"but its encoder's config.json says pad_token_id = {pad}.")
@@ -148,7 +157,7 @@ class Supervised:
     def _feature_head(self, model: torch.nn.Module, stream: bool):
         """Check that train.cache_features applies; return the model's (features, head)."""
         why = ""
-        if not hasattr(model, "feature_head"):
+        if not MODELS.has(self.cfg.model["name"], "staged"):
             why = f"model '{self.cfg.model['name']}' does not split into a feature extractor and a head (resnet18/34/50 do)"
         elif self.augment:
             why = (f"data.augment = '{self.augment}' changes the images every epoch, so their features cannot be "
@@ -160,6 +169,7 @@ class Supervised:
         if why:
             raise UserError(f"train.cache_features: {why}.")
         encode, head = model.feature_head()
+        head = self.rt.module(head, ddp=False)
         head_params = {id(p) for p in head.parameters()}
         trains = sorted({n.split(".")[0] for n, p in model.named_parameters()
                          if p.requires_grad and id(p) not in head_params})
@@ -174,13 +184,10 @@ class Supervised:
         if self.encode is None or getattr(self, "_encoded", False):
             return
         model, bs = unwrap(self.model), self.cfg.train.eval_batch_size
-        was = model.training
-        model.eval()
-        with torch.no_grad(), self.rt.autocast():  # not inference_mode: the head's backward reads them
+        with torch.no_grad(), evaluating(model), self.rt.autocast():  # not inference_mode: the head's backward reads them
             for k, d in self.data.items():
                 z = torch.cat([self.encode(d.x[i:i + bs]).float() for i in range(0, len(d), bs)])
                 self.data[k] = TensorData(z, d.y, self.rt.device)
-        model.train(was)
         self._encoded = True
 
     encode = None  # train.cache_features: the frozen backbone that encodes each split once
@@ -196,6 +203,35 @@ class Supervised:
         if self.norm.kind == "text" or (not self.cfg.data.normalize and x.dtype == np.float32 and x.flags.writeable):
             return x
         return self.norm(x)
+
+    # --- before training and after it ------------------------------------------------------
+    @classmethod
+    def prepare(cls, cfg, resuming: bool, verbose: int = 1):
+        """The config the task is built from: `transfer.pretrain` becomes `model.pretrained` (the
+        backbone recipe trained once, tasks/transfer.py); a resumed run reads no pretrained file."""
+        return with_pretrained(cfg, resuming, verbose)
+
+    @classmethod
+    def inference(cls, run) -> Inference:
+        """The model of a finished run, rebuilt from its directory alone (safetensors; nothing
+        unpickled), with the run's normalization or tokenizer and its output transform."""
+        meta, cfg = run.meta, run.cfg
+        vocab = (meta.vocab_size,) if meta.vocab_size else ()  # text: the factory's third data argument
+        # the run's own weights replace any `pretrained` ones: the run directory alone is enough
+        options = reload_options(cfg.model["name"], run.path, {k: v for k, v in cfg.model.items() if k != "name"})
+        model = create_model(cfg.model["name"], tuple(meta.in_shape), meta.num_outputs, *vocab, **options)
+        load_state(model, run.module_weights("model"), str(run.dir.weights))
+        model.eval()
+        probs = meta.loss == "cross_entropy"
+        if meta.kind == "text":
+            tokenizer = (PretrainedTokenizer.load(run.path) if cfg.data.tokenizer == "pretrained"
+                         else Tokenizer.from_dict(run.dir.read_json(run.path / TOKENIZER_FILE), str(run.path / TOKENIZER_FILE)))
+            preprocess = lambda texts: torch.as_tensor(tokenizer.encode(list(texts)))  # noqa: E731
+            return Inference(model, preprocess, lambda out: (out.softmax(-1) if probs else out).numpy(),
+                             tokenizer=tokenizer)
+        norm = Normalizer(meta.normalizer["mean"], meta.normalizer["std"], meta.normalizer["kind"])
+        return Inference(model, lambda x: norm(torch.as_tensor(np.asarray(x), dtype=torch.float32)),
+                         lambda out: (out.softmax(-1) if probs else out).numpy(), normalizer=norm)
 
     # --- the loop's protocol -------------------------------------------------------------
     def modules(self) -> dict:
@@ -219,11 +255,8 @@ class Supervised:
         x, y = batch
         if self.augment:
             x = augment_images(x, self.augment)
-        if self.rt.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with self.rt.autocast():
-            out = self.net(x)
-            loss = self.loss(out.float(), y)
+        out = self.net(x)  # the runtime's precision and memory format (engine/runtime.py)
+        loss = self.loss(out.float(), y)
         self.opt.step(loss)
         if self.train_acc:
             return {"train/loss": loss, "train/acc": (out.argmax(1) == y).float().mean()}
@@ -237,8 +270,7 @@ class Supervised:
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Model outputs for normalized inputs, in evaluation batches (float32)."""
         bs = self.cfg.train.eval_batch_size
-        with self.rt.autocast():
-            return torch.cat([self.net(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+        return torch.cat([self.net(x[i:i + bs]).float() for i in range(0, len(x), bs)])
 
     def predictions(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and targets of a whole split (streamed parts are read batch by batch)."""
@@ -252,60 +284,10 @@ class Supervised:
     def evaluate(self, split: str) -> dict:
         if split not in self.data:
             return {}
-        was = self.model.training
-        self.model.eval()
-        out, y = self.predictions(split)
-        self.model.train(was)
+        with evaluating(self.model):
+            out, y = self.predictions(split)
         return metrics(out, y, self.loss(out, y, "sum").item() / len(y), self.classify, split,
                        self.meta["num_outputs"])
-
-    def extras(self, path=None) -> dict:
-        """Text runs: save the tokenizer (and a pretrained encoder's config.json) into the run
-        directory `path` and score the TF-IDF + logistic-regression baseline on the same training
-        and test parts. With transfer.scratch_baseline: the same model trained from scratch on the
-        same split."""
-        out = self._scratch_baseline() if self.cfg.transfer.scratch_baseline else {}
-        if self.tokenizer is None:
-            return out
-        if path is not None:
-            self.tokenizer.save(path)
-            save = getattr(unwrap(self.model), "save_run_files", None)  # e.g. a pretrained encoder's config
-            if save is not None:
-                save(path)
-        if not self.classify or "test" not in self.texts:
-            return out
-        from .baselines import tfidf_logreg
-
-        (x, y), (xt, yt) = self.texts["train"], self.texts["test"]
-        val = self.texts.get("val")
-        pred = tfidf_logreg(list(x), y, list(xt), val=val and (list(val[0]), val[1]),
-                            lowercase=self.cfg.data.lowercase, seed=self.cfg.train.seed)
-        n = self.meta["num_outputs"]
-        m = metrics(F.one_hot(torch.as_tensor(pred), n).float(), torch.as_tensor(yt), 0.0, True, "baseline", n)
-        return {**out, "baseline/tfidf_acc": m["baseline/acc"], "baseline/tfidf_macro_f1": m["baseline/macro_f1"]}
-
-    def _scratch_baseline(self) -> dict:
-        """Train this config again without pretrained weights (nothing frozen, one learning rate,
-        no cached features), quietly through the same loop, on the same split; score its test part."""
-        from ..config import TransferConfig
-        from ..engine.loop import Loop
-        from ..run import _callbacks
-
-        if "test" not in self.data:
-            return {}
-        cfg = self.cfg
-        model = {**cfg.model, **{k: v for k, v in (("pretrained", ""), ("freeze", "none"), ("new_head", False))
-                                 if k in cfg.model}}
-        cfg = dataclasses.replace(cfg, model=model, transfer=TransferConfig(),
-                                  optim=dataclasses.replace(cfg.optim, stage_lr_decay=1.0),
-                                  train=dataclasses.replace(cfg.train, cache_features=False))
-        seed_everything(cfg.train.seed, cfg.train.deterministic)
-        task = Supervised(cfg, self.rt, loss=self.loss_name)
-        Loop(task, self.rt, cfg.train.epochs, None, _callbacks(task, cfg, 0)).fit()
-        task.train(False)
-        m = task.evaluate("test")
-        name = "acc" if self.classify else "rmse"
-        return {f"baseline/scratch_{name}": m[f"test/{name}"]}
 
     def state_dict(self) -> dict:
         return {"model": unwrap(self.model).state_dict(), "opt": self.opt.state_dict()}
@@ -343,14 +325,18 @@ def metrics(out: torch.Tensor, y: torch.Tensor, loss: float, classify: bool, spl
     return m
 
 
-@TASKS.register("classify")
-def classify(cfg, runtime, **kw) -> Supervised:
-    """Classification with cross-entropy; reports accuracy and macro-F1."""
-    return Supervised(cfg, runtime, loss="cross_entropy", **kw)
+@TASKS.register("classify", tags=("predict",))
+class Classify(Supervised):
+    """Classification with cross-entropy, reporting accuracy and macro-F1."""
+
+    def __init__(self, cfg, runtime, **kw):
+        super().__init__(cfg, runtime, **{"loss": "cross_entropy", **kw})
 
 
-@TASKS.register("regress")
-def regress(cfg, runtime, **kw) -> Supervised:
-    """Regression with mean squared error; reports RMSE and MAE."""
-    return Supervised(cfg, runtime, loss="mse", **kw)
+@TASKS.register("regress", tags=("predict",))
+class Regress(Supervised):
+    """Regression with mean squared error, reporting RMSE and MAE."""
+
+    def __init__(self, cfg, runtime, **kw):
+        super().__init__(cfg, runtime, **{"loss": "mse", **kw})
 

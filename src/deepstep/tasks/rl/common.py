@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...engine.run import Inference
+from ...engine.runtime import evaluating, unwrap
 from ...errors import UserError, suggest
 from ...models.layers import check_fits, create_model
 
@@ -165,8 +167,22 @@ def save_gif(frames: list[np.ndarray], path: Path | str, fps: float) -> None:
 
 class RLTask:
     """The loop protocol for DQN and PPO: environments, seeds, evaluation, per-epoch statistics.
-    Subclasses set `self.policy` (a module with `act`) and `steps_per_epoch`, and implement
-    `batches`, `train_step`, `modules`, `state_dict` and `load_state_dict`."""
+    Subclasses set `self.policy` (a module with `act`, wrapped by `runtime.module`) and
+    `steps_per_epoch`, and implement `batches`, `train_step`, `modules`, `state_dict` and
+    `load_state_dict`."""
+
+    @classmethod
+    def prepare(cls, cfg, resuming: bool, verbose: int = 1):
+        """Nothing to resolve before an RL task is built."""
+        return cfg
+
+    @classmethod
+    def inference(cls, run) -> Inference:
+        """The greedy policy of a finished run: observations (B, *obs) -> action ids."""
+        task = run.rebuild()
+        policy = unwrap(task.policy)
+        return Inference(policy, task.obs_tensor,
+                         lambda out: out.argmax(-1).numpy() + task.action_start)
 
     def __init__(self, cfg, runtime):
         if runtime.distributed:
@@ -224,11 +240,9 @@ class RLTask:
             return {}
         if self._eval_envs is None:
             self._eval_envs = make_vec(self.env_cfg.id, min(16, max(self.env_cfg.val_episodes, self.env_cfg.eval_episodes)))
-        was = [m.training for m in self.modules().values()]
-        self.train(False)
-        rets, lens = run_episodes(self.act, self._eval_envs, seeds(self.cfg.train.seed, stream, 0, n), self.action_start)
-        for m, w in zip(self.modules().values(), was):
-            m.train(w)
+        with evaluating(*self.modules().values()):
+            rets, lens = run_episodes(self.act, self._eval_envs, seeds(self.cfg.train.seed, stream, 0, n),
+                                      self.action_start)
         return {f"{prefix}/return_mean": float(rets.mean()), f"{prefix}/return_std": float(rets.std()),
                 f"{prefix}/length_mean": float(lens.mean()), f"{prefix}/episodes": n}
 

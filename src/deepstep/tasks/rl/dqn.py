@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...engine.optim import Optimization
+from ...engine.runtime import unwrap
 from ...models.policy import ObsNorm, QNetwork
 from ...registry import TASKS
 from .buffers import ReplayBuffer
@@ -46,13 +47,17 @@ class Collected:
     steps: int
 
 
+@TASKS.register("dqn", tags=("play",))
 class DQN(RLTask):
+    """Deep Q-Network (optionally Double DQN) on a Gymnasium environment with discrete actions (env.id)."""
+
     def __init__(self, cfg, runtime):
         super().__init__(cfg, runtime)
         rl, n = cfg.rl, cfg.env.num_envs
-        self.q = QNetwork(self.build(self.n_actions), ObsNorm(self.obs_shape, cfg.env.normalize_obs)).to(runtime.device)
+        q = QNetwork(self.build(self.n_actions), ObsNorm(self.obs_shape, cfg.env.normalize_obs))
+        self.q = runtime.module(q)  # every forward under the runtime's precision
         self.policy = self.q
-        self.target = copy.deepcopy(self.q).requires_grad_(False).eval()
+        self.target = runtime.module(copy.deepcopy(q).requires_grad_(False).eval(), ddp=False)
         self.buffer = ReplayBuffer(rl.buffer_size, self.obs_shape)
         self.vec_steps = math.ceil(rl.train_freq / n)  # vector steps per item
         self.steps_per_epoch = math.ceil(cfg.env.steps_per_epoch / (self.vec_steps * n))  # items
@@ -63,7 +68,7 @@ class DQN(RLTask):
         self.grad_steps = 0
 
     def modules(self) -> dict:
-        return {"q": self.q}
+        return {"q": unwrap(self.q)}
 
     def epsilon(self) -> float:
         rl = self.rl
@@ -115,9 +120,9 @@ class DQN(RLTask):
         for _ in range(rl.gradient_steps):
             b = self.buffer.sample(self.cfg.train.batch_size, self.rt.device)
             with torch.no_grad():
-                online = self.q(b["next_obs"]) if rl.double else None
-                y = td_target(b["rewards"], b["terminated"], self.target(b["next_obs"]), rl.gamma, online)
-            q = self.q(b["obs"]).gather(1, b["actions"][:, None]).squeeze(1)
+                online = self.q(b["next_obs"]).float() if rl.double else None
+                y = td_target(b["rewards"], b["terminated"], self.target(b["next_obs"]).float(), rl.gamma, online)
+            q = self.q(b["obs"]).float().gather(1, b["actions"][:, None]).squeeze(1)
             loss = F.smooth_l1_loss(q, y)  # Huber
             self.opt.step(loss)
             self.grad_steps += 1
@@ -130,7 +135,7 @@ class DQN(RLTask):
     @torch.no_grad()
     def update_target(self) -> None:
         tau = self.rl.tau
-        for t, s in zip(self.target.state_dict().values(), self.q.state_dict().values()):
+        for t, s in zip(unwrap(self.target).state_dict().values(), unwrap(self.q).state_dict().values()):
             if tau >= 1.0 or not t.is_floating_point() or t.dtype == torch.float64:
                 t.copy_(s)  # hard copy; observation statistics are always copied
             else:
@@ -141,20 +146,15 @@ class DQN(RLTask):
         logs["rollout/epsilon"] = round(self.epsilon(), 4)
 
     def state_dict(self) -> dict:
-        return {"q": self.q.state_dict(), "target": self.target.state_dict(), "opt": self.opt.state_dict(),
+        return {"q": unwrap(self.q).state_dict(), "target": unwrap(self.target).state_dict(), "opt": self.opt.state_dict(),
                 "env_steps": self.env_steps, "grad_steps": self.grad_steps,
                 "buffer": self.buffer.state_dict() if self.rl.save_buffer else {}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.q.load_state_dict(state["q"])
-        self.target.load_state_dict(state["target"])
+        unwrap(self.q).load_state_dict(state["q"])
+        unwrap(self.target).load_state_dict(state["target"])
         self.opt.load_state_dict(state["opt"])
         self.env_steps, self.grad_steps = state["env_steps"], state["grad_steps"]
         if state["buffer"]:
             self.buffer.load_state_dict(state["buffer"])
 
-
-@TASKS.register("dqn")
-def dqn(cfg, runtime) -> DQN:
-    """Deep Q-Network (optionally Double DQN) on a Gymnasium environment with discrete actions (env.id)."""
-    return DQN(cfg, runtime)

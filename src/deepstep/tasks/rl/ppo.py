@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ...engine.optim import Optimization
+from ...engine.runtime import unwrap
 from ...models.policy import ActorCritic, ObsNorm
 from ...registry import TASKS
 from .buffers import gae
@@ -58,11 +59,15 @@ class Rollout:
     steps: int
 
 
+@TASKS.register("ppo", tags=("play",))
 class PPO(RLTask):
+    """Proximal Policy Optimization on a Gymnasium environment with discrete actions (env.id)."""
+
     def __init__(self, cfg, runtime):
         super().__init__(cfg, runtime)
         norm = ObsNorm(self.obs_shape, cfg.env.normalize_obs)
-        self.policy = ActorCritic(self.build(self.n_actions), self.build(1), norm).to(runtime.device)
+        # every forward (heads, normalize, act) under the runtime's precision
+        self.policy = runtime.module(ActorCritic(self.build(self.n_actions), self.build(1), norm))
         n = cfg.env.num_envs
         self.rollout_size = cfg.rl.n_steps * n
         self.steps_per_epoch = math.ceil(cfg.env.steps_per_epoch / self.rollout_size)  # rollouts
@@ -72,7 +77,7 @@ class PPO(RLTask):
                                 cfg.train.grad_clip, cfg.train.grad_accum)
 
     def modules(self) -> dict:
-        return {"policy": self.policy}
+        return {"policy": unwrap(self.policy)}
 
     def batches(self, epoch: int):
         obs = self.reset_envs(epoch)
@@ -92,7 +97,7 @@ class PPO(RLTask):
             o = self.obs_tensor(obs)
             p.obs_norm.update(o)
             x = p.normalize(o)
-            logits, v = p.heads(x)
+            logits, v = (t.float() for t in p.heads(x))  # float32 losses under bf16 autocast
             logp_all = logits.log_softmax(-1)
             a = torch.multinomial(logp_all.exp(), 1)  # (N, 1)
             obs, r, term, trunc, info = self.envs.step(a.squeeze(1).cpu().numpy() + self.action_start)
@@ -101,11 +106,11 @@ class PPO(RLTask):
             if cut.any():  # time limit: the episode goes on in principle, so bootstrap its value
                 last = self.obs_tensor(final_obs(obs, info, cut)[cut])
                 r = r.astype(np.float64)  # a copy: the statistics above saw the raw reward
-                r[cut] += rl.gamma * p.heads(p.normalize(last))[1].cpu().numpy()
+                r[cut] += rl.gamma * p.heads(p.normalize(last))[1].float().cpu().numpy()
             xs[t], actions[t], logps[t] = x, a.squeeze(1), logp_all.gather(1, a).squeeze(1)
             values[t], rewards[t] = v, torch.as_tensor(r, dtype=torch.float32)
             dones[t] = torch.as_tensor(term | trunc, dtype=torch.float32)
-        last_value = p.heads(p.normalize(self.obs_tensor(obs)))[1]
+        last_value = p.heads(p.normalize(self.obs_tensor(obs)))[1].float()
         adv, ret = gae(rewards, values, dones, last_value, rl.gamma, rl.gae_lambda)
         self._steps += T * N
         flat = lambda t: t.reshape(T * N, *t.shape[2:])  # noqa: E731
@@ -119,7 +124,7 @@ class PPO(RLTask):
             perm = torch.randperm(ro.steps, device=ro.x.device)
             for i in range(0, ro.steps, mb):
                 idx = perm[i:i + mb]
-                logits, v = p.heads(ro.x[idx])
+                logits, v = (t.float() for t in p.heads(ro.x[idx]))
                 logp_all = logits.log_softmax(-1)
                 logp = logp_all.gather(1, ro.actions[idx, None]).squeeze(1)
                 entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
@@ -140,14 +145,9 @@ class PPO(RLTask):
                 "train/approx_kl": m[3], "train/clip_frac": m[4]}
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "opt": self.opt.state_dict()}
+        return {"policy": unwrap(self.policy).state_dict(), "opt": self.opt.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        unwrap(self.policy).load_state_dict(state["policy"])
         self.opt.load_state_dict(state["opt"])
 
-
-@TASKS.register("ppo")
-def ppo(cfg, runtime) -> PPO:
-    """Proximal Policy Optimization on a Gymnasium environment with discrete actions (env.id)."""
-    return PPO(cfg, runtime)

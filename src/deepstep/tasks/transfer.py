@@ -16,21 +16,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
-from .config import RunConfig, load_config
-from .data.download import cache_dir
-from .engine.rundir import RunDir
-from .errors import UserError
+from ..config import RunConfig, load_config
+from ..data.download import cache_dir
+from ..engine.fit import cached_run
+from ..errors import UserError
+from ..registry import recipe_path
 
 
 def cached_path(recipe: str, overrides: list[str]) -> Path:
     """Where the pretrained run of `recipe` with `overrides` is cached."""
-    from .registry import recipe_path
-
     cfg = load_config(recipe, overrides)
     # the recipe's text and the overrides, not the resolved config: a new config field with a
     # default (a later deepstep version) must not make every cached backbone stale
@@ -41,39 +37,9 @@ def cached_path(recipe: str, overrides: list[str]) -> Path:
 
 def pretrained_run(recipe: str, overrides: list[str], verbose: int = 1) -> Path:
     """The cached run directory of `recipe` trained with `overrides`; trained (or resumed) here
-    when missing, by one process at a time."""
+    when missing, by one process at a time (engine.fit.cached_run)."""
     cfg = load_config(recipe, overrides)
-    path = cached_path(recipe, overrides)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{path}.lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:  # another process is training this backbone: wait for it, then reuse it
-        print(f"transfer: another process is pretraining '{cfg.recipe}' into {path}; waiting for it", flush=True)
-        lock.acquire()
-    try:
-        return _cached_or_trained(cfg, path, verbose)
-    finally:
-        lock.release()
-
-
-def _cached_or_trained(cfg: RunConfig, path: Path, verbose: int) -> Path:
-    from .run import resume, train
-
-    run = RunDir(path)
-    if run.summary.is_file() and run.weights.is_file():
-        print(f"transfer: using the cached pretrained run {path}", flush=True)
-        return path
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UserError(f"transfer.pretrain: the pretrained run of '{cfg.recipe}' is not cached yet ({path}); "
-                        "run the transfer recipe once in a single process first, then under torchrun.")
-    if run.checkpoint.is_file():
-        print(f"transfer: resuming the interrupted pretraining of '{cfg.recipe}' in {path}", flush=True)
-        resume(path, verbose=verbose)
-    else:
-        print(f"transfer: pretraining '{cfg.recipe}' once (first use) into {path}; later runs reuse it", flush=True)
-        train(cfg, path, verbose=verbose)
-    return path
+    return cached_run(cfg, cached_path(recipe, overrides), verbose, what=f"the pretrained backbone '{cfg.recipe}'")
 
 
 def with_pretrained(cfg: RunConfig, resuming: bool, verbose: int = 1) -> RunConfig:

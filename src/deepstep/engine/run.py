@@ -1,0 +1,242 @@
+"""`Run`: one handle on a run, the same object live (returned by `engine.fit.fit`, passed to every
+plug-in hook) and reopened from its directory (`Run.open(path)`).
+
+It replaces the three loaders of earlier versions (`load_run`, `load_task`, `evaluate_run`):
+
+    run = Run.open("runs/digits-mlp-...")
+    run.cfg, run.meta, run.summary, run.metrics()      what the directory holds
+    run.model()                                        the trained model, evaluation mode
+    run.preprocess(raw) / run.predict(raw)             raw inputs -> model inputs / outputs
+    run.rebuild()                                      the task (data and all) with the saved weights
+    run.evaluate()                                     its validation and test metrics again
+
+What a prediction needs besides the weights (normalization, tokenizer, a pretrained encoder's
+config) is the task's knowledge: `run.inference()` asks the registered task class
+(`TASKS.get(cfg.task).inference(run)`), which may ask the model (`models.layers.reload_options`).
+Nothing here knows a data set or a model family, so the engine stays below tasks and models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import RunConfig, read_toml
+from ..errors import UserError
+from ..registry import TASKS
+from .checkpoint import load_state, load_weights
+from .rundir import RunDir
+from .runtime import Runtime, evaluating, unwrap
+
+
+@dataclass
+class RunMeta:
+    """What meta.json holds: what predictions need besides the weights. Task-specific entries
+    (forecast windows, an environment's spaces) are in `extra`; `meta["key"]` reads either."""
+
+    task: str
+    kind: str = ""  # image, table, series, text, env
+    in_shape: list[int] = field(default_factory=list)
+    num_outputs: int = 0
+    classes: list[str] = field(default_factory=list)
+    loss: str = ""
+    normalizer: dict = field(default_factory=dict)
+    source: str = ""
+    sizes: dict = field(default_factory=dict)
+    vocab_size: int | None = None
+    model: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunMeta:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   extra={k: v for k, v in d.items() if k not in known})
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if self.vocab_size is None:
+            del out["vocab_size"]
+        return {**out, **self.extra}
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        if key in {f.name for f in fields(self)} - {"extra"}:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
+
+
+@dataclass
+class Inference:
+    """What predictions need: the model (evaluation mode), raw input -> model input, and model
+    output -> the run's natural output (class probabilities, values, actions)."""
+
+    model: torch.nn.Module
+    preprocess: Callable[[Any], torch.Tensor]
+    postprocess: Callable[[torch.Tensor], np.ndarray]
+    normalizer: Any = None  # numeric inputs: the run's data.Normalizer
+    tokenizer: Any = None  # text runs: the tokenizer saved with the run
+
+    def predict(self, raw: Any, batch_size: int = 1024) -> np.ndarray:
+        x = self.preprocess(raw)
+        dev = next(iter(self.model.parameters()), torch.zeros(())).device
+        with torch.inference_mode(), evaluating(self.model):
+            out = torch.cat([self.model(x[i:i + batch_size].to(dev)).float().cpu()
+                             for i in range(0, len(x), batch_size)]) if len(x) else self.model(x.to(dev))
+        return self.postprocess(out)
+
+
+class Run:
+    """One run: its config, meta, summary and metrics, its model and how to predict with it.
+
+    Live (inside `fit`): `task`, `runtime`, `loop` and `plugins` are set, `summary` is filled at
+    the end. Reopened (`Run.open`): built from the directory alone; `task` is None until
+    `rebuild()`.
+
+    Example:
+        >>> import tempfile
+        >>> from deepstep.config import load_config
+        >>> from deepstep.engine.fit import fit
+        >>> import numpy as np
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     live = fit(load_config("digits-mlp", ["train.epochs=2"]), run_dir=f"{d}/run", verbose=0)
+        ...     again = Run.open(f"{d}/run")
+        ...     p = again.predict(np.zeros((3, *again.meta.in_shape), np.float32))
+        >>> again.summary["test/acc"] == live.summary["test/acc"], p.shape
+        (True, (3, 10))
+    """
+
+    def __init__(self, cfg: RunConfig, dir: RunDir | None = None, *, task=None, runtime: Runtime | None = None,
+                 meta: RunMeta | None = None, summary: dict | None = None, verbose: int = 0):
+        self.cfg, self.dir, self.task, self.runtime = cfg, dir, task, runtime
+        self.meta = meta
+        self.summary: dict = summary or {}
+        self.verbose = verbose
+        self.loop = None
+        self.plugins: list = []
+        self._inference: Inference | None = None
+
+    # --- what the directory holds -------------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path | str) -> Run:
+        """A run directory, finished or not (meta.json and summary.json are read when present)."""
+        d = RunDir.open(path)
+        cfg = RunConfig.from_dict(read_toml(d.config), where=str(d.config))
+        meta = RunMeta.from_dict(d.read_json(d.meta)) if d.meta.is_file() else None
+        summary = d.read_json(d.summary) if d.summary.is_file() else {}
+        return cls(cfg, d, meta=meta, summary=summary)
+
+    @property
+    def path(self) -> Path | None:
+        return self.dir.path if self.dir is not None else None
+
+    run_dir = path  # the name earlier versions' results used
+
+    def __getitem__(self, key: str) -> Any:
+        """`run["test/acc"]`: a summary value."""
+        return self.summary[key]
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files (rank 0 under torchrun)."""
+        return self.runtime is None or self.runtime.is_main
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.summary) and (self.dir is None or self.dir.summary.is_file() or self.task is not None)
+
+    def metrics(self) -> list[dict]:
+        """Every logged record (step and epoch records) in order."""
+        if self.dir is not None and self.dir.metrics.exists():
+            return self.dir.read_metrics()
+        return list(self.loop.history) if self.loop is not None else []
+
+    def _need_finished(self, what: str) -> None:
+        if self.task is None and (self.dir is None or not self.dir.weights.is_file()):
+            raise UserError(f"'{self.path}' has no trained weights (model.safetensors) yet: {what} needs a "
+                            f"finished run (resume it with `deepstep resume {self.path}`).")
+        if self.meta is None:
+            raise UserError(f"'{self.path}' has no meta.json: it is not a complete deepstep run.")
+
+    # --- the model and predictions --------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The saved weights: '<module>.<parameter>' -> tensor (safetensors; nothing unpickled)."""
+        self._need_finished("reading the weights")
+        return load_weights(self.dir.weights)
+
+    def module_weights(self, name: str) -> dict[str, torch.Tensor]:
+        """The saved weights of one of the task's modules ('model', 'policy', 'q', ...)."""
+        return {k[len(name) + 1:]: v for k, v in self.weights().items() if k.startswith(name + ".")}
+
+    def inference(self) -> Inference:
+        """What predictions need, from the task class that trained this run (cached)."""
+        if self._inference is None:
+            self._need_finished("predicting")
+            self._inference = TASKS.get(self.cfg.task).inference(self)
+        return self._inference
+
+    def model(self) -> torch.nn.Module:
+        """The trained model: the live task's (unwrapped), or rebuilt from the directory, in
+        evaluation mode."""
+        if self.task is not None:
+            return unwrap(next(iter(self.task.modules().values())))
+        return self.inference().model
+
+    def preprocess(self, raw: Any) -> torch.Tensor:
+        """Raw inputs (arrays as the data set loads them, strings for text runs) -> model inputs,
+        with exactly the run's normalization or tokenizer."""
+        return self.inference().preprocess(raw)
+
+    def predict(self, raw: Any) -> np.ndarray:
+        """Raw inputs -> outputs: class probabilities for classifiers, values for regression and
+        forecasting, greedy actions for RL policies."""
+        return self.inference().predict(raw)
+
+    # --- the task again ---------------------------------------------------------------------------
+    def rebuild(self, device: str = "cpu"):
+        """The task rebuilt from the config (its data loaded again) with the saved weights in every
+        module, in evaluation mode."""
+        if self.task is not None:
+            return self.task
+        self._need_finished("rebuilding the task")
+        cfg = self.cfg
+        rt = Runtime(device=device, seed=cfg.train.seed, threads=cfg.train.threads)
+        task = TASKS.get(cfg.task)(TASKS.get(cfg.task).prepare(cfg, True, 0), rt)
+        tensors = self.weights()
+        for name, module in task.modules().items():
+            own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+            load_state(unwrap(module), own, str(self.dir.weights))
+        task.train(False)
+        return task
+
+    def evaluate(self, episodes: int | None = None) -> dict:
+        """The saved weights measured again on the validation and test splits; a task that plays
+        an environment (tag "play") plays `episodes` greedy episodes (default env.eval_episodes)."""
+        plays = TASKS.has(self.cfg.task, "play")
+        if episodes is not None and not plays:
+            raise UserError("--episodes applies to reinforcement-learning runs (tasks dqn and ppo) only.")
+        if episodes is not None and episodes < 1:
+            raise UserError(f"--episodes {episodes} must be at least 1.")
+        task = self.rebuild()
+        if plays:
+            return task.evaluate("test", episodes=episodes)
+        return {**task.evaluate("val"), **task.evaluate("test")}
+
+    def __repr__(self) -> str:
+        state = "finished" if self.summary else "live" if self.task is not None else "unfinished"
+        return f"Run({str(self.path) if self.path else 'in memory'!r}, {self.cfg.recipe or self.cfg.task}, {state})"

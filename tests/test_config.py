@@ -9,8 +9,8 @@ from dataclasses import fields
 import pytest
 
 from deepstep.config import (
-    SECTIONS,
     RunConfig,
+    all_sections,
     apply_overrides,
     help_lines,
     load_config,
@@ -133,7 +133,7 @@ def test_unknown_key_names_key_valid_keys_and_suggestion():
     assert "'optim.lrr'" in msg
     assert "Did you mean 'lr'?" in msg
     valid = msg.split("Valid keys:")[1]
-    for f in fields(SECTIONS["optim"]):
+    for f in fields(all_sections()["optim"]):
         assert f.name in valid
 
 
@@ -237,9 +237,9 @@ def test_model_section_needs_a_name(tmp_path):
 
 def test_every_field_has_help():
     lines = help_lines()
-    n = sum(len(fields(c)) for c in SECTIONS.values())
+    n = sum(len(fields(c)) for c in all_sections().values())
     assert len(lines) == n
-    for section, cls in SECTIONS.items():
+    for section, cls in all_sections().items():
         for f in fields(cls):
             assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
     assert any(line.startswith("optim.lr (float, default 0.001)") for line in lines)

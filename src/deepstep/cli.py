@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("options", help="every configurable key with its type, default and help")
     s.add_argument("model", nargs="?", help="also list this model's options")
+    s.add_argument("--task", help="only the sections a run of this task has: the generic ones and its own "
+                   "(see `deepstep list tasks`)")
 
     s = sub.add_parser("train", help="train a recipe; prints the run directory and test metrics")
     s.add_argument("recipe", help="recipe name (see `deepstep list`) or a path to a TOML file")
@@ -116,12 +118,21 @@ def cmd_list(args) -> None:
 def cmd_options(args) -> None:
     import inspect
 
-    from .config import help_lines
-    from .registry import MODELS, model_options
+    from .config import GENERIC_SECTIONS, section_help, task_sections
+    from .registry import MODELS, TASKS, model_options
 
-    print("Set any of these with --set KEY=VALUE (values are TOML: 3e-4, true, [256, 128], 'text'):\n")
-    for line in help_lines():
-        print("  " + line)
+    if args.task:
+        TASKS.get(args.task)  # an unknown task: a clear error
+    of = f" (a {args.task} run)" if args.task else ""
+    print(f"Set any of these with --set KEY=VALUE (values are TOML: 3e-4, true, [256, 128], 'text'){of}:\n")
+    for name, cls in GENERIC_SECTIONS.items():
+        for line in section_help(name, cls):
+            print("  " + line)
+    for name, s in task_sections().items():
+        if args.task is None or args.task in s.tasks:
+            print(f"\n[{name}]: {s.owners()}")
+            for line in section_help(name, s.cls):
+                print("  " + line)
     names = [args.model] if args.model else MODELS.names()
     print("\nModel options (--set model.KEY=VALUE; --set model.name=NAME switches model):")
     for name in names:

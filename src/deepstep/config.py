@@ -4,6 +4,24 @@ Each field's `help` is the text shown by `deepstep train --help-config`.
 
 Model options are not a dataclass here: a model factory's keyword-only signature *is* its typed
 config (see `registry.model_options`), so `[model]` holds `name` plus that factory's arguments.
+
+Options belong to their owner. This module holds the generic sections (data, optim, sched, train,
+plugins) and the typed-coercion machinery. A task-specific section (`[env]` and `[rl]` of dqn/ppo,
+`[gen]` of autoencode/vae/gan, `[forecast]`, `[transfer]` of classify/regress) is declared beside
+its tasks (tasks/rl/options.py, tasks/*_options.py) and registered with them by
+`register_section(name, cls, tasks=...)`: registration goes from tasks to config, never back;
+parsing a config runs `registry.load_all()` (imports by name) first. A `RunConfig` holds the
+generic sections and its task's own only: they live in its `sections` dict and read as attributes
+(`cfg.rl.gamma`); `cfg.rl` of a classify run is a `SectionError` (an AttributeError), and
+`to_dict()` (config.toml, `--dry-run`) writes only what the run uses. One class with a dict rather
+than a dataclass made per task: one type to annotate, pickle and compare, and
+`dataclasses.replace(cfg, transfer=...)` still works (its `__init__` takes sections by name).
+
+Strict where a user types, lenient where an older file is read: a recipe or `--set` naming a
+section of other tasks is a UserError naming it, its tasks and the run's task; a run directory's
+config.toml (`RunConfig.from_dict(d, strict=False)`, as `Run.open` reads it) may hold every section,
+as earlier versions wrote, and those the task does not use are ignored. Unknown names are errors
+either way.
 """
 
 from __future__ import annotations
@@ -11,11 +29,12 @@ from __future__ import annotations
 import copy
 import tomllib
 import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError, suggest, unknown
+from .registry import MODELS, TASKS, load_all, model_options, recipe_path
 
 
 def opt(default: Any, help: str):
@@ -138,6 +157,7 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = opt("fp32", "fp32 or bf16 (autocast)")
     channels_last: bool = opt(False, "use channels-last memory format for conv nets")
+    compile: bool = opt(False, "torch.compile the model's forward (the first steps compile; measured in the README)")
     threads: int = opt(0, "CPU threads for torch (0: torch's default)")
     cache_features: bool = opt(False, "feature extraction: with a frozen backbone (model.freeze = 'backbone'), "
                                       "encode every split once and train only the head on the cached features")
@@ -155,131 +175,87 @@ class TrainConfig:
 
 
 @dataclass
-class ForecastConfig:
-    window: int = opt(24, "forecast: past time steps the model reads")
-    horizon: int = opt(1, "forecast: future time steps predicted from each window")
-    stride: int = opt(1, "forecast: step between training windows (validation/test windows use every step)")
-    test_size: int = opt(0, "forecast: final time steps held out for testing (0: data.test_split of the series)")
-    val_size: int = opt(0, "forecast: time steps before the test part for validation (0: data.val_split of the series)")
-    columns: list[str] = opt([], "forecast: input columns of a series table (empty: every numeric column but the date)")
-    target: list[str] = opt([], "forecast: columns to predict (empty: all input columns)")
-    date_column: str = opt("", "forecast: time column of a series table, for labels (empty: found by name)")
-    arima_order: list[int] = opt([2, 0, 1], "forecast: (p, d, q) of the ARIMA baseline fitted on the training part")
+class PluginsConfig:
+    use: list[str] = opt([], "plug-ins to add to the run's default ones (see `deepstep list plugins`; CLI: --with NAME)")
 
     def __post_init__(self):
-        for name in ("window", "horizon", "stride"):
-            if getattr(self, name) < 1:
-                raise UserError(f"forecast.{name} = {getattr(self, name)} must be at least 1.")
-        for name in ("test_size", "val_size"):
-            if getattr(self, name) < 0:
-                raise UserError(f"forecast.{name} = {getattr(self, name)} must be 0 (use the data.*_split fraction) or more.")
-        if len(self.arima_order) != 3 or min(self.arima_order) < 0:
-            raise UserError(f"forecast.arima_order = {self.arima_order} must be three non-negative integers (p, d, q), "
-                            f"e.g. [2, 0, 1].")
+        for name in self.use:
+            if not isinstance(name, str) or not name:
+                raise UserError(f"plugins.use = {self.use!r} must be a list of plug-in names, e.g. [\"csv-log\"].")
 
 
-@dataclass
-class EnvConfig:
-    id: str = opt("CartPole-v1", "rl: Gymnasium environment id with discrete actions, e.g. Acrobot-v1")
-    num_envs: int = opt(8, "rl: environments stepped together (gymnasium.vector.SyncVectorEnv)")
-    steps_per_epoch: int = opt(10000, "rl: environment steps (all envs together) per epoch, rounded up to whole "
-                                      "rollouts/updates; envs are re-seeded and episodes restart at each epoch")
-    val_episodes: int = opt(10, "rl: deterministic episodes scored after every epoch as val/return_mean (0: none)")
-    eval_episodes: int = opt(20, "rl: deterministic episodes of the final eval/return_mean, in a fresh env with another seed")
-    normalize_obs: bool = opt(False, "rl: normalize observations by running mean/std (saved with the model)")
-
-    def __post_init__(self):
-        for name in ("num_envs", "steps_per_epoch", "eval_episodes"):
-            if getattr(self, name) < 1:
-                raise UserError(f"env.{name} = {getattr(self, name)} must be at least 1.")
-        if self.val_episodes < 0:
-            raise UserError(f"env.val_episodes = {self.val_episodes} must be 0 (no per-epoch score) or more.")
+GENERIC_SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "sched": SchedConfig,
+                                     "train": TrainConfig, "plugins": PluginsConfig}
 
 
-@dataclass
-class RLConfig:
-    gamma: float = opt(0.99, "rl: discount factor")
-    n_steps: int = opt(128, "ppo: steps per environment in each rollout")
-    gae_lambda: float = opt(0.95, "ppo: GAE lambda (1: Monte-Carlo returns, 0: one-step TD)")
-    update_epochs: int = opt(4, "ppo: passes over each rollout, in minibatches of train.batch_size")
-    clip_range: float = opt(0.2, "ppo: clip the probability ratio to [1 - c, 1 + c]")
-    value_clip: float = opt(0.0, "ppo: clip the value change to +-this around the rollout's value (0: unclipped loss)")
-    ent_coef: float = opt(0.0, "ppo: weight of the entropy bonus")
-    vf_coef: float = opt(0.5, "ppo: weight of the value loss")
-    norm_adv: bool = opt(True, "ppo: normalize advantages in each minibatch")
-    buffer_size: int = opt(100000, "dqn: replay buffer capacity (transitions)")
-    learning_starts: int = opt(1000, "dqn: transitions in the buffer before the first update")
-    train_freq: int = opt(4, "dqn: environment steps between updates (rounded up to whole vector steps)")
-    gradient_steps: int = opt(1, "dqn: gradient steps per update (batches of train.batch_size)")
-    target_update: int = opt(500, "dqn: update the target network every N gradient steps")
-    tau: float = opt(1.0, "dqn: target update weight (1: hard copy, < 1: Polyak averaging)")
-    eps_start: float = opt(1.0, "dqn: initial epsilon of epsilon-greedy exploration")
-    eps_end: float = opt(0.05, "dqn: final epsilon")
-    eps_fraction: float = opt(0.1, "dqn: fraction of all training steps over which epsilon decays linearly")
-    double: bool = opt(True, "dqn: Double DQN targets (online net picks the action, target net scores it)")
-    save_buffer: bool = opt(True, "dqn: keep the replay buffer in checkpoints (exact resume; bigger files)")
+# --- task-specific sections: declared and registered by their owners ------------------------------
 
-    def __post_init__(self):
-        for name in ("gamma", "gae_lambda", "tau", "eps_start", "eps_end", "eps_fraction"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise UserError(f"rl.{name} = {getattr(self, name)} must be in [0, 1].")
-        for name in ("n_steps", "update_epochs", "buffer_size", "train_freq", "gradient_steps", "target_update"):
-            if getattr(self, name) < 1:
-                raise UserError(f"rl.{name} = {getattr(self, name)} must be at least 1.")
-        if self.clip_range <= 0 or self.value_clip < 0:
-            raise UserError(f"rl.clip_range = {self.clip_range} must be positive and rl.value_clip = "
-                            f"{self.value_clip} at least 0.")
+@dataclass(frozen=True)
+class TaskSection:
+    """A task-specific section: its dataclass and the tasks whose runs have it."""
+
+    name: str
+    cls: type
+    tasks: tuple[str, ...]
+
+    def owners(self) -> str:
+        """'tasks dqn, ppo' or 'task forecast'."""
+        return f"task{'s' if len(self.tasks) > 1 else ''} {', '.join(self.tasks)}"
 
 
-@dataclass
-class GenConfig:
-    noise: str = opt("", "autoencode: denoising training noise: '' (none), 'gaussian' (add N(0, level^2), clip to [0, 1]) or 'masking' (zero each pixel with probability level)")
-    noise_level: float = opt(0.3, "autoencode: standard deviation (gaussian) or drop probability (masking) of the training noise")
-    beta: float = opt(1.0, "vae: weight of the KL term (1: the ELBO; the logged test/neg_elbo always uses 1)")
-    decoder: str = opt("bernoulli", "vae: p(x|z), 'bernoulli' or 'gaussian' (mean sigmoid(output), fixed standard deviation gen.sigma)")
-    sigma: float = opt(0.1, "vae with gen.decoder = 'gaussian': standard deviation of the decoder")
-    nll_samples: int = opt(100, "vae: importance samples per test example for the test/nll estimate (0: skip it)")
-    real_label: float = opt(1.0, "gan: discriminator target for real images (0.9: one-sided label smoothing)")
-    d_steps: int = opt(1, "gan: discriminator updates per generator update")
-    eval_samples: int = opt(2000, "gan, vae: generated images for the per-epoch val/frechet (0: skip it)")
-    test_samples: int = opt(10000, "gan, vae: generated images for samples/frechet and samples/class_coverage, against as many real test images (at most the test split; 0: skip)")
-
-    def __post_init__(self):
-        if self.noise not in ("", "gaussian", "masking"):
-            raise unknown("noise", self.noise, ("gaussian", "masking"))
-        if self.noise_level < 0 or (self.noise == "masking" and self.noise_level >= 1):
-            raise UserError(f"gen.noise_level = {self.noise_level} must be at least 0 (and below 1 for masking).")
-        if self.decoder not in ("bernoulli", "gaussian"):
-            raise unknown("decoder", self.decoder, ("bernoulli", "gaussian"))
-        if self.sigma <= 0:
-            raise UserError(f"gen.sigma = {self.sigma} must be positive.")
-        if not 0.5 < self.real_label <= 1.0:
-            raise UserError(f"gen.real_label = {self.real_label} must be in (0.5, 1] (0.9 is the usual smoothing).")
-        if self.d_steps < 1 or self.eval_samples < 0 or self.test_samples < 0:
-            raise UserError(f"gen.d_steps = {self.d_steps} must be at least 1, and gen.eval_samples = "
-                            f"{self.eval_samples} and gen.test_samples = {self.test_samples} at least 0.")
-        if self.beta < 0 or self.nll_samples < 0:
-            raise UserError(f"gen.beta = {self.beta} and gen.nll_samples = {self.nll_samples} must be at least 0.")
+_TASK_SECTIONS: dict[str, TaskSection] = {}
 
 
-@dataclass
-class TransferConfig:
-    pretrain: str = opt("", "transfer: recipe (name or TOML file) whose run supplies model.pretrained; trained once "
-                            "on first use and cached in $DEEPSTEP_CACHE/pretrained/ ('': off)")
-    pretrain_set: list[str] = opt([], "transfer: --set overrides for the pretraining recipe, e.g. ['train.epochs=1'] "
-                                      "(part of the cache key)")
-    scratch_baseline: bool = opt(False, "transfer: also train the same model from scratch (no pretrained weights, "
-                                        "nothing frozen, one learning rate) on the same split; "
-                                        "reports baseline/scratch_acc")
+def register_section(name: str, cls: type, tasks: tuple[str, ...] | list[str]) -> type:
+    """Declare `[name]`, a section of the runs of `tasks` only (read as `cfg.<name>`). Called by the
+    module that owns the options, e.g. `register_section("rl", RLConfig, tasks=("dqn", "ppo"))` in
+    tasks/rl/options.py; registering the same class again adds tasks (a new task reusing `[rl]`)."""
+    if name in GENERIC_SECTIONS or name in _RUN_KEYS:
+        raise ValueError(f"config section '{name}' is a generic section or a top-level key")
+    if not (isinstance(cls, type) and is_dataclass(cls)) or not tasks or isinstance(tasks, str):
+        raise ValueError(f"config section '{name}' needs a dataclass and a tuple of task names")
+    old = _TASK_SECTIONS.get(name)
+    if old is not None and old.cls is not cls:
+        raise ValueError(f"config section '{name}' is registered twice ({old.cls.__qualname__}, {cls.__qualname__})")
+    _TASK_SECTIONS[name] = TaskSection(name, cls, tuple(sorted({*(old.tasks if old else ()), *tasks})))
+    return cls
 
-    def __post_init__(self):
-        for item in self.pretrain_set:
-            if "=" not in item:
-                raise UserError(f"transfer.pretrain_set: '{item}' is not of the form key=value (e.g. train.epochs=1).")
+
+def task_sections() -> dict[str, TaskSection]:
+    """Every task-specific section by name (the task packages are imported first)."""
+    load_all()
+    return dict(_TASK_SECTIONS)
 
 
-@dataclass
+def sections_for(task: str) -> dict[str, type]:
+    """The sections a run of `task` has: the generic ones, then the task's own."""
+    return {**GENERIC_SECTIONS, **{n: s.cls for n, s in task_sections().items() if task in s.tasks}}
+
+
+def all_sections() -> dict[str, type]:
+    """Every section a config of some task may hold."""
+    return {**GENERIC_SECTIONS, **{n: s.cls for n, s in task_sections().items()}}
+
+
+class SectionError(UserError, AttributeError):
+    """A task-specific section with a task it is not for: a UserError where a user wrote it, and an
+    AttributeError for `cfg.<name>` (so `hasattr(cfg, "rl")` is False on a classify run)."""
+
+
+def section_error(name: str, task: str, where: str = "") -> SectionError:
+    """'Section 'gen' is for tasks autoencode, gan, vae; this run's task is 'classify' (where). ...'"""
+    at = f" ({where})" if where else ""
+    return SectionError(f"Section '{name}' is for {_TASK_SECTIONS[name].owners()}; this run's task is '{task}'{at}. "
+                        f"`deepstep options --task {task}` lists the options of this run.")
+
+
+@dataclass(init=False)
 class RunConfig:
+    """One run's configuration: the generic sections as fields, the task's own sections in
+    `sections`, read as attributes (`cfg.rl`). Keyword arguments (and so `dataclasses.replace`)
+    take sections by name, e.g. `RunConfig(task="ppo", rl=RLConfig(gamma=0.9))`; the task's
+    sections not given get their defaults."""
+
     task: str = opt("classify", "what one training step means: classify, regress, ...")
     description: str = opt("", "one line shown by `deepstep list`")
     data: DataConfig = field(default_factory=DataConfig)
@@ -287,35 +263,92 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    rl: RLConfig = field(default_factory=RLConfig)
-    forecast: ForecastConfig = field(default_factory=ForecastConfig)
-    gen: GenConfig = field(default_factory=GenConfig)
-    transfer: TransferConfig = field(default_factory=TransferConfig)
+    sections: dict = field(default_factory=dict)  # the task's own sections by name (not a TOML key)
+    plugins: PluginsConfig = field(default_factory=PluginsConfig)
     expect: dict = field(default_factory=dict)
     recipe: str = opt("", "name of the recipe this run came from")
+
+    def __init__(self, *, sections: dict | None = None, **kwargs):
+        named = {k: kwargs.pop(k) for k in list(kwargs) if k not in _RUN_KEYS}
+        for f in fields(self):
+            if f.name != "sections":
+                value = kwargs[f.name] if f.name in kwargs else (
+                    f.default if f.default is not MISSING else f.default_factory())
+                object.__setattr__(self, f.name, value)
+        own = {n: s.cls for n, s in task_sections().items() if self.task in s.tasks}
+        for name in named:
+            if name not in _TASK_SECTIONS:
+                raise TypeError(f"RunConfig() got an unexpected keyword argument '{name}'")
+            if name not in own:
+                raise section_error(name, self.task, f"RunConfig({name}=...)")
+        # sections carried over (dataclasses.replace) that a changed task does not use are dropped
+        given = {**{k: v for k, v in (sections or {}).items() if k in own}, **named}
+        object.__setattr__(self, "sections", {n: _section(given.get(n), c, n) for n, c in own.items()})
+        self.__post_init__()
 
     def __post_init__(self):
         if "name" not in self.model or not isinstance(self.model["name"], str):
             raise UserError("The [model] section needs a `name`, e.g. name = \"mlp\".")
         self.model = resolve_model_args(self.model)
 
+    def __getattr__(self, name: str):  # only called for names that are not attributes
+        sections = self.__dict__.get("sections")
+        if sections is not None:
+            if name in sections:
+                return sections[name]
+            if name in _TASK_SECTIONS:
+                raise section_error(name, self.task, f"cfg.{name}")
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __setattr__(self, name: str, value) -> None:
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in _TASK_SECTIONS:
+            if name not in sections:
+                raise section_error(name, self.task, f"cfg.{name}")
+            sections[name] = value
+        else:
+            object.__setattr__(self, name, value)
+
+    def __dir__(self):
+        return [*super().__dir__(), *self.sections]
+
+    def uses(self, section: str) -> bool:
+        """Whether this run has `[section]` (every run has the generic ones)."""
+        return section in GENERIC_SECTIONS or section in self.sections
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain values, as written to config.toml: the generic sections and the task's own only."""
+        out = {}
+        for key, value in asdict(self).items():
+            if key == "sections":
+                out.update(value)
+            else:
+                out[key] = value
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
-        return build(cls, d, where)
+    def from_dict(cls, d: dict, where: str = "config", *, strict: bool = True) -> RunConfig:
+        """Parse a config dict. strict (a recipe, --set, the API): a section of other tasks is an
+        error. Not strict (a run directory's config.toml, possibly from a version that wrote every
+        section): such sections are ignored."""
+        return _build_run(d, where, strict)
 
 
-SECTIONS = {"data": DataConfig, "optim": OptimConfig, "sched": SchedConfig, "train": TrainConfig, "env": EnvConfig, "rl": RLConfig,
-            "forecast": ForecastConfig, "gen": GenConfig, "transfer": TransferConfig}
+_RUN_KEYS = frozenset(f.name for f in fields(RunConfig))
+
+
+def _section(value, cls: type, name: str):
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return build(cls, value, name)
+    if not isinstance(value, cls):
+        raise TypeError(f"RunConfig section '{name}' must be a {cls.__qualname__}, got {type(value).__qualname__}")
+    return value
 
 
 def resolve_model_args(model: dict) -> dict:
     """Check `[model]` keys against the factory's signature and fill in its defaults."""
-    from .registry import model_options
-
     name = model["name"]
     if name == "custom":  # an nn.Module handed to the Python API; nothing to resolve
         return dict(model)
@@ -337,8 +370,6 @@ def resolve_model_args(model: dict) -> dict:
 
 
 def _factory(name):
-    from .registry import MODELS
-
     return MODELS.get(name)
 
 
@@ -376,6 +407,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
 
 def build(cls, d: dict, where: str):
     """Instantiate dataclass `cls` from a dict, rejecting unknown keys and wrong types."""
+    if cls is RunConfig:
+        return _build_run(d, where, strict=True)
     if not isinstance(d, dict):
         raise UserError(f"{where} must be a table (section), got {d!r}.")
     hints = typing.get_type_hints(cls)
@@ -383,26 +416,47 @@ def build(cls, d: dict, where: str):
     kwargs = {}
     for key, value in d.items():
         if key not in names:
-            label = key if cls is RunConfig else f"{where}.{key}"
-            hint = suggest(key, names)
-            if cls is RunConfig:  # a section's key given without its section, e.g. `lr` for `optim.lr`
-                owners = [s for s, c in SECTIONS.items() if key in {f.name for f in fields(c)}]
-                hint = f" Did you mean '{owners[0]}.{key}'?" if owners else hint
-            raise UserError(f"Unknown key '{label}' in {where}.{hint} Valid keys: {', '.join(sorted(names))}.")
-        sub = SECTIONS.get(key) if cls is RunConfig else None
-        if sub is not None:
-            kwargs[key] = build(sub, value, key)
-        elif key == "model" and cls is RunConfig:
-            if not isinstance(value, dict):
-                raise UserError(f"[model] must be a table, got {value!r}.")
-            kwargs[key] = dict(value)
-        else:
-            label = key if cls is RunConfig else f"{where}.{key}"
-            kwargs[key] = coerce(value, hints[key], label)
+            raise UserError(f"Unknown key '{where}.{key}' in {where}.{suggest(key, names)} "
+                            f"Valid keys: {', '.join(sorted(names))}.")
+        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     for f in fields(cls):
         if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
             raise UserError(f"{where} needs '{f.name}'.")
     return cls(**kwargs)
+
+
+def _build_run(d: dict, where: str, strict: bool, origins: dict[str, str] | None = None) -> RunConfig:
+    """RunConfig from a dict: the sections of its task built and checked; a section of other tasks
+    is an error (strict; `origins` names the --set that brought it) or ignored (not strict)."""
+    if not isinstance(d, dict):
+        raise UserError(f"{where} must be a table (section), got {d!r}.")
+    task = coerce(d.get("task", RunConfig.__dataclass_fields__["task"].default), str, "task")
+    if strict and task not in TASKS:
+        raise unknown("task", task, TASKS.names())
+    own, every = sections_for(task), all_sections()
+    keys = sorted(_RUN_KEYS - {"sections"} - set(GENERIC_SECTIONS))  # task, description, model, ...
+    hints = typing.get_type_hints(RunConfig)
+    kwargs, sections = {}, {}
+    for key, value in d.items():
+        if key in own:
+            (kwargs if key in GENERIC_SECTIONS else sections)[key] = build(own[key], value, key)
+        elif key in every:
+            if strict:
+                raise section_error(key, task, (origins or {}).get(key, where))
+        elif key == "model":
+            if not isinstance(value, dict):
+                raise UserError(f"[model] must be a table, got {value!r}.")
+            kwargs[key] = dict(value)
+        elif key in keys:
+            kwargs[key] = coerce(value, hints[key], key)
+        else:  # a section's key given without its section, e.g. `lr` for `optim.lr`
+            valid = sorted([*keys, *own])
+            owners = [s for s, c in own.items() if key in {f.name for f in fields(c)}] or [
+                s for s, c in every.items() if key in {f.name for f in fields(c)}][:1]
+            dotted = " or ".join(f"'{s}.{key}'" for s in owners)
+            hint = f" Did you mean {dotted}?" if owners else suggest(key, valid)
+            raise UserError(f"Unknown key '{key}' in {where}.{hint} Valid keys: {', '.join(valid)}.")
+    return RunConfig(**kwargs, sections=sections)
 
 
 def parse_value(text: str) -> Any:
@@ -423,8 +477,7 @@ def apply_overrides(d: dict, overrides: list[str]) -> dict:
         parts = key.strip().split(".")
         node = d
         for part in parts[:-1]:
-            if part not in SECTIONS and part not in ("model", "expect") and node is d:
-                valid = list(SECTIONS) + ["model", "expect"]
+            if node is d and part not in (valid := [*all_sections(), "model", "expect"]):
                 raise UserError(f"Unknown section '{part}' in --set {item}.{suggest(part, valid)} Valid sections: {', '.join(valid)}.")
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -448,22 +501,31 @@ def read_toml(path: Path) -> dict:
 
 def load_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
     """Resolve a recipe name (or TOML path) plus `--set` overrides into a RunConfig."""
-    from .registry import recipe_path
-
     path = recipe_path(recipe)
-    d = read_toml(path)
-    d = apply_overrides(d, list(overrides))
+    raw = read_toml(path)
+    d = apply_overrides(raw, list(overrides))
     d.setdefault("recipe", path.stem)
-    return RunConfig.from_dict(d, where=f"recipe '{path.stem}'")
+    # a section the run's task does not use is blamed on the --set that brought it, if one did
+    origins = {}
+    for item in overrides:
+        section = item.split("=", 1)[0].strip().split(".")[0]
+        if section not in raw:
+            origins.setdefault(section, f"--set {item}")
+    return _build_run(d, f"recipe '{path.stem}'", strict=True, origins=origins)
 
 
-def help_lines() -> list[str]:
-    """`section.key  (type, default)  help` lines for every configurable field."""
+def help_lines(task: str | None = None) -> list[str]:
+    """`section.key (type, default ...): help` lines of every section, or of those a run of `task` has."""
+    sections = all_sections() if task is None else sections_for(task)
+    return [line for name, cls in sections.items() for line in section_help(name, cls)]
+
+
+def section_help(section: str, cls: type) -> list[str]:
+    """`section.key (type, default ...): help` lines of one section."""
+    hints = typing.get_type_hints(cls)
     lines = []
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in fields(cls):
-            default = f.default if f.default is not MISSING else f.default_factory()
-            tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-            lines.append(f"{section}.{f.name} ({tname}, default {default!r}): {f.metadata['help']}")
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        lines.append(f"{section}.{f.name} ({tname}, default {default!r}): {f.metadata['help']}")
     return lines

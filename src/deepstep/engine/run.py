@@ -136,7 +136,8 @@ class Run:
     def open(cls, path: Path | str) -> Run:
         """A run directory, finished or not (meta.json and summary.json are read when present)."""
         d = RunDir.open(path)
-        cfg = RunConfig.from_dict(read_toml(d.config), where=str(d.config))
+        # not strict: a config.toml of an earlier version holds every task's sections
+        cfg = RunConfig.from_dict(read_toml(d.config), where=str(d.config), strict=False)
         meta = RunMeta.from_dict(d.read_json(d.meta)) if d.meta.is_file() else None
         summary = d.read_json(d.summary) if d.summary.is_file() else {}
         return cls(cfg, d, meta=meta, summary=summary)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..config import TransferConfig
 from ..engine.fit import fit
 from ..engine.plugin import Plugin
 from ..registry import PLUGINS
 from ..tasks.supervised import Supervised
+from ..tasks.transfer_options import TransferConfig
 
 
 @PLUGINS.register("scratch-baseline", tags=("default",))
@@ -19,8 +19,8 @@ class ScratchBaseline(Plugin):
     rank0_only = False
 
     def applies_to(self, run) -> bool:
-        return (run.cfg.transfer.scratch_baseline and isinstance(run.task, Supervised)
-                and "test" in run.task.data)
+        return (run.cfg.uses("transfer") and run.cfg.transfer.scratch_baseline  # classify, regress
+                and isinstance(run.task, Supervised) and "test" in run.task.data)
 
     def on_finish(self, run, summary: dict) -> None:
         cfg = run.cfg

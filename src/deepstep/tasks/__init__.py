@@ -1,3 +1,12 @@
 """Tasks: what one training step means, with its losses and metrics."""
 
-from . import forecast, gan, generative, supervised  # noqa: F401  (modules register their tasks)
+# the modules register their tasks; the *_options modules, those tasks' config sections
+from . import (  # noqa: F401
+    forecast,
+    forecast_options,
+    gan,
+    gen_options,
+    generative,
+    supervised,
+    transfer_options,
+)

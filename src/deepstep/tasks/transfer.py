@@ -48,7 +48,7 @@ def with_pretrained(cfg: RunConfig, resuming: bool, verbose: int = 1) -> RunConf
     has = "pretrained" in cfg.model
     if resuming:
         return dataclasses.replace(cfg, model={**cfg.model, "pretrained": ""}) if has else cfg
-    if not cfg.transfer.pretrain:
+    if not cfg.uses("transfer") or not cfg.transfer.pretrain:  # [transfer]: classify and regress runs
         return cfg
     if not has:
         raise UserError(f"transfer.pretrain: model '{cfg.model['name']}' cannot load pretrained weights "

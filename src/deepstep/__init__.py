@@ -25,7 +25,7 @@ def list_recipes() -> list[str]:
 
 
 def __getattr__(name):  # lazy: `import deepstep` stays fast for the CLI
-    if name in ("fit", "evaluate", "predict"):
+    if name in ("fit", "evaluate", "predict", "summary"):
         from . import api
 
         return getattr(api, name)
@@ -40,4 +40,4 @@ def __getattr__(name):  # lazy: `import deepstep` stays fast for the CLI
     raise AttributeError(f"module 'deepstep' has no attribute {name!r}")
 
 
-__all__ = ["fit", "evaluate", "predict", "train", "resume", "load_run", "create_model", "list_recipes"]
+__all__ = ["fit", "evaluate", "predict", "summary", "train", "resume", "load_run", "create_model", "list_recipes"]

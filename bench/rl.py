@@ -31,10 +31,8 @@ import numpy as np
 import torch
 
 from deepstep.config import load_config
-from deepstep.engine.callbacks import Callback
-from deepstep.engine.loop import Loop
-from deepstep.engine.runtime import Runtime
-from deepstep.registry import TASKS
+from deepstep.engine.fit import fit
+from deepstep.engine.plugin import Plugin
 from deepstep.tasks.rl.common import make_vec, run_episodes, seeds
 
 ENV, TARGET, EPISODES = "CartPole-v1", 475.0, 20
@@ -78,20 +76,19 @@ def run_deepstep(seed: int, steps: int, eval_every: int) -> dict:
     clock = Clock(eval_every, seed)
     clock.start()  # set-up counts, as for SB3
     cfg = load_config("cartpole-ppo", [f"train.seed={seed}", "env.val_episodes=0"])
-    runtime = Runtime.from_config(cfg.train)
-    task = TASKS.get("ppo")(cfg, runtime)
+    rollout = cfg.rl.n_steps * cfg.env.num_envs
+    per_epoch = -(-cfg.env.steps_per_epoch // rollout) * rollout
+    epochs = min(-(-steps // per_epoch), cfg.train.epochs)
+    cfg = load_config("cartpole-ppo", [f"train.seed={seed}", "env.val_episodes=0", f"train.epochs={epochs}"])
 
-    class Check(Callback):
-        def on_train_begin(self, loop):
-            self.loop = loop
+    class Check(Plugin):
+        rank0_only = False
 
-        def on_batch_end(self, step):
-            clock.check(self.loop.state.samples, task.act)
+        def on_batch_end(self, run, step):
+            clock.check(run.loop.state.samples, run.task.act)
 
-    epochs = -(-steps // (task.steps_per_epoch * task.rollout_size))
-    loop = Loop(task, runtime, min(epochs, cfg.train.epochs), run=None, callbacks=[Check()])
     try:
-        loop.fit()
+        fit(cfg, plugins=[Check()], verbose=0)  # in memory, like SB3's learn()
     except Reached:
         pass
     return clock.result

@@ -26,7 +26,7 @@ from deepstep.engine.runtime import Runtime
 from deepstep.models.layers import create_model
 from deepstep.run import load_run
 from deepstep.tasks.supervised import Supervised
-from deepstep.transfer import pretrained_run
+from deepstep.tasks.transfer import pretrained_run
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 BACKBONES = {"fashion 28x28": [], "fashion at 8x8": ["data.image_size=8", "model.resize=28"]}
@@ -60,7 +60,7 @@ def main() -> None:
     torch.manual_seed(0)
     models = {"random": create_model("resnet18", (1, 8, 8), 10)}
     for name, overrides in BACKBONES.items():
-        models[name] = load_run(pretrained_run("fashion-resnet18", overrides)).model
+        models[name] = load_run(pretrained_run("fashion-resnet18", overrides)).model()
     print(f"{'backbone':<16}{'stage':<8}{'seeds 0 / 1 / 2':<24}mean")
     for name, model in models.items():
         for stage, stage_name in enumerate(STAGES):

@@ -31,6 +31,8 @@ TINY = {
             {"metrics", "best-weights", "gan-pictures"}),
     "ppo": ("cartpole-ppo", ["train.epochs=2", "env.steps_per_epoch=512", "env.val_episodes=1", "env.eval_episodes=1"],
             {"metrics", "best-weights"}),
+    "dqn": ("cartpole-dqn", ["train.epochs=2", "env.steps_per_epoch=512", "rl.learning_starts=100", "env.val_episodes=1",
+                             "env.eval_episodes=1"], {"metrics", "best-weights"}),
 }
 ALWAYS_FILES = ("config.toml", "metrics.jsonl", "meta.json", "summary.json", "model.safetensors", "checkpoint.pt")
 
@@ -42,7 +44,7 @@ def tiny(task: str, *more: str):
 
 @pytest.mark.parametrize("task", list(TINY))
 def test_every_task_runs_through_fit_with_its_plugins_and_reopens(task, tmp_path):
-    if task == "ppo":
+    if task in ("ppo", "dqn"):
         pytest.importorskip("gymnasium")
     run = fit(tiny(task), run_dir=tmp_path / "run", verbose=0)
     names = {p.name for p in run.plugins}
@@ -162,9 +164,9 @@ def test_keras_style_callback_objects_are_plugins(tmp_path):
 # --- the runtime owns every forward ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", ["classify", "autoencode", "vae", "gan", "ppo"])
+@pytest.mark.parametrize("task", ["classify", "forecast", "autoencode", "vae", "gan", "ppo", "dqn"])
 def test_bf16_autocast_reaches_every_tasks_forward(task):
-    if task == "ppo":
+    if task in ("ppo", "dqn"):
         pytest.importorskip("gymnasium")
     cfg = tiny(task, "train.precision=bf16")
     rt = Runtime.from_config(cfg.train)

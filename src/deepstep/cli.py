@@ -343,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"deepstep {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         where = f" Continue with: deepstep resume {Path(args.run_dir)}" if getattr(args, "run_dir", None) else ""
         print(f"\ninterrupted.{where}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import pkgutil
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -87,8 +88,12 @@ def load_all() -> None:
     if _loaded:
         return
     _loaded = True
-    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks", "deepstep.tasks.rl", "deepstep.plugins"):
+    for pkg in ("deepstep.models", "deepstep.data", "deepstep.tasks", "deepstep.tasks.rl"):
         importlib.import_module(pkg)
+    # plug-ins: every module of the package registers itself, so a new plug-in is one new file
+    plugins = importlib.import_module("deepstep.plugins")
+    for info in pkgutil.iter_modules(plugins.__path__):
+        importlib.import_module(f"deepstep.plugins.{info.name}")
 
 
 def recipe_paths() -> dict[str, Path]:

@@ -26,11 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import RunConfig
 from ..data.arrays import Normalizer, TensorData
 from ..data.series import SERIES_SETS, Series, Windows, make_windows, read_series_file, select
 from ..engine.logs import monitor_mode
 from ..engine.optim import Optimization
-from ..engine.runtime import evaluating
+from ..engine.runtime import Runtime, evaluating
 from ..errors import UserError
 from ..models.layers import check_fits, create_model
 from ..registry import DATASETS, TASKS
@@ -53,7 +54,7 @@ class Forecast(Supervised):
         model: an nn.Module to use instead of building `cfg.model`.
     """
 
-    def __init__(self, cfg, runtime, series: Series | None = None, model: torch.nn.Module | None = None):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, series: Series | None = None, model: torch.nn.Module | None = None):
         self.cfg, self.rt, self.loss_name = cfg, runtime, "mse"
         self.classify = self.train_acc = False
         self.augment, self.tokenizer, self.texts = "", None, {}

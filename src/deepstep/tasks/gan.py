@@ -27,8 +27,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..config import RunConfig
 from ..engine.optim import Optimization
-from ..engine.runtime import evaluating, unwrap
+from ..engine.runtime import Runtime, evaluating, unwrap
 from ..errors import UserError
 from ..models.gan import is_gan
 from ..registry import MODELS, TASKS
@@ -41,7 +42,7 @@ from .supervised import Supervised
 class GANTask(Supervised):
     """GAN: discriminator and generator steps with two optimizers, reporting samples/frechet."""
 
-    def __init__(self, cfg, runtime, **kw):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, **kw):
         name = cfg.model["name"]
         if kw.get("model") is None and not is_gan(name):
             raise UserError(f"Task 'gan' needs a GAN model, not '{name}'. Use one of: "

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import RunConfig
 from ..engine.checkpoint import atomic_write
 from ..engine.rundir import RunDir
-from ..engine.runtime import evaluating, unwrap
+from ..engine.runtime import Runtime, evaluating, unwrap
 from ..errors import UserError
 from ..models.autoencoder import VAE as VAEModel
 from ..models.autoencoder import is_generative
@@ -103,7 +104,7 @@ def corrupt(x: torch.Tensor, noise: str, level: float) -> torch.Tensor:
 class Generative(Supervised):
     """Shared setup for `autoencode` and `vae`; `kind` picks the step and the metrics."""
 
-    def __init__(self, cfg, runtime, kind: str, **kw):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, kind: str, **kw):
         name = cfg.model["name"]
         if kw.get("model") is None and not is_generative(name):
             options = [n for n in MODELS.names() if is_generative(n)]
@@ -291,7 +292,7 @@ def save_latent_scatter(path: Path, codes: torch.Tensor, y: torch.Tensor, classe
 class AutoEncode(Generative):
     """Autoencoder, denoising with gen.noise, reporting recon_loss (BCE nats per example)."""
 
-    def __init__(self, cfg, runtime, **kw):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, **kw):
         super().__init__(cfg, runtime, "autoencode", **kw)
 
 
@@ -299,5 +300,5 @@ class AutoEncode(Generative):
 class VAE(Generative):
     """Variational autoencoder (gen.beta), reporting neg_elbo, recon and kl in nats per example."""
 
-    def __init__(self, cfg, runtime, **kw):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, **kw):
         super().__init__(cfg, runtime, "vae", **kw)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import RunConfig
 from ..data.arrays import (
     Arrays,
     Normalizer,
@@ -41,8 +42,8 @@ from ..data.tokenize import TOKENIZER_FILE, PretrainedTokenizer, Tokenizer, buil
 from ..engine.checkpoint import load_state
 from ..engine.logs import monitor_mode
 from ..engine.optim import Optimization, stage_groups
-from ..engine.run import Inference
-from ..engine.runtime import evaluating, unwrap
+from ..engine.run import Inference, Run
+from ..engine.runtime import Runtime, evaluating, unwrap
 from ..errors import UserError
 from ..models.layers import check_fits, create_model, reload_options, text_models
 from ..registry import DATASETS, MODELS, TASKS
@@ -62,7 +63,7 @@ class Supervised:
         loss: 'cross_entropy' (classification) or 'mse', 'l1', 'huber' (regression).
     """
 
-    def __init__(self, cfg, runtime, arrays: Arrays | None = None, model: torch.nn.Module | None = None,
+    def __init__(self, cfg: RunConfig, runtime: Runtime, arrays: Arrays | None = None, model: torch.nn.Module | None = None,
                  loss: str = "cross_entropy", train_acc: bool = True):
         if loss not in LOSSES:
             raise UserError(f"Unknown loss '{loss}'. Valid losses: {', '.join(LOSSES)}.")
@@ -206,13 +207,13 @@ class Supervised:
 
     # --- before training and after it ------------------------------------------------------
     @classmethod
-    def prepare(cls, cfg, resuming: bool, verbose: int = 1):
+    def prepare(cls, cfg: RunConfig, resuming: bool, verbose: int = 1) -> RunConfig:
         """The config the task is built from: `transfer.pretrain` becomes `model.pretrained` (the
         backbone recipe trained once, tasks/transfer.py); a resumed run reads no pretrained file."""
         return with_pretrained(cfg, resuming, verbose)
 
     @classmethod
-    def inference(cls, run) -> Inference:
+    def inference(cls, run: Run) -> Inference:
         """The model of a finished run, rebuilt from its directory alone (safetensors; nothing
         unpickled), with the run's normalization or tokenizer and its output transform."""
         meta, cfg = run.meta, run.cfg
@@ -329,7 +330,7 @@ def metrics(out: torch.Tensor, y: torch.Tensor, loss: float, classify: bool, spl
 class Classify(Supervised):
     """Classification with cross-entropy, reporting accuracy and macro-F1."""
 
-    def __init__(self, cfg, runtime, **kw):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, **kw):
         super().__init__(cfg, runtime, **{"loss": "cross_entropy", **kw})
 
 
@@ -337,6 +338,6 @@ class Classify(Supervised):
 class Regress(Supervised):
     """Regression with mean squared error, reporting RMSE and MAE."""
 
-    def __init__(self, cfg, runtime, **kw):
+    def __init__(self, cfg: RunConfig, runtime: Runtime, **kw):
         super().__init__(cfg, runtime, **{"loss": "mse", **kw})
 

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...engine.run import Inference
-from ...engine.runtime import evaluating, unwrap
+from ...config import RunConfig
+from ...engine.run import Inference, Run
+from ...engine.runtime import Runtime, evaluating, unwrap
 from ...errors import UserError, suggest
 from ...models.layers import check_fits, create_model
 
@@ -172,19 +173,19 @@ class RLTask:
     `load_state_dict`."""
 
     @classmethod
-    def prepare(cls, cfg, resuming: bool, verbose: int = 1):
+    def prepare(cls, cfg: RunConfig, resuming: bool, verbose: int = 1) -> RunConfig:
         """Nothing to resolve before an RL task is built."""
         return cfg
 
     @classmethod
-    def inference(cls, run) -> Inference:
+    def inference(cls, run: Run) -> Inference:
         """The greedy policy of a finished run: observations (B, *obs) -> action ids."""
         task = run.rebuild()
         policy = unwrap(task.policy)
         return Inference(policy, task.obs_tensor,
                          lambda out: out.argmax(-1).numpy() + task.action_start)
 
-    def __init__(self, cfg, runtime):
+    def __init__(self, cfg: RunConfig, runtime: Runtime):
         if runtime.distributed:
             raise UserError(f"Task '{cfg.task}' runs in one process; start it without torchrun.")
         self.cfg, self.rt, self.env_cfg, self.rl = cfg, runtime, cfg.env, cfg.rl

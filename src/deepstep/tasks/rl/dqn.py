@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...config import RunConfig
 from ...engine.optim import Optimization
-from ...engine.runtime import unwrap
+from ...engine.runtime import Runtime, unwrap
 from ...models.policy import ObsNorm, QNetwork
 from ...registry import TASKS
 from .buffers import ReplayBuffer
@@ -51,7 +52,7 @@ class Collected:
 class DQN(RLTask):
     """Deep Q-Network (optionally Double DQN) on a Gymnasium environment with discrete actions (env.id)."""
 
-    def __init__(self, cfg, runtime):
+    def __init__(self, cfg: RunConfig, runtime: Runtime):
         super().__init__(cfg, runtime)
         rl, n = cfg.rl, cfg.env.num_envs
         q = QNetwork(self.build(self.n_actions), ObsNorm(self.obs_shape, cfg.env.normalize_obs))

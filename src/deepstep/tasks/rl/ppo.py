@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ...config import RunConfig
 from ...engine.optim import Optimization
-from ...engine.runtime import unwrap
+from ...engine.runtime import Runtime, unwrap
 from ...models.policy import ActorCritic, ObsNorm
 from ...registry import TASKS
 from .buffers import gae
@@ -63,7 +64,7 @@ class Rollout:
 class PPO(RLTask):
     """Proximal Policy Optimization on a Gymnasium environment with discrete actions (env.id)."""
 
-    def __init__(self, cfg, runtime):
+    def __init__(self, cfg: RunConfig, runtime: Runtime):
         super().__init__(cfg, runtime)
         norm = ObsNorm(self.obs_shape, cfg.env.normalize_obs)
         # every forward (heads, normalize, act) under the runtime's precision

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import NonFiniteLoss
 from .checkpoint import save_checkpoint
+from .plugin import Plugin
 from .runtime import rng_state, set_rng_state
 
 
@@ -50,6 +51,8 @@ class Loop:
 
     def fit(self) -> dict:
         task, pls, st, run = self.task, self.plugins, self.state, self.run
+        # the per-step hook only for plug-ins that have one: nothing else runs between two steps
+        per_step = [p for p in pls if type(p).on_batch_end is not Plugin.on_batch_end]
         for p in pls:
             p.on_start(run)
         while st.epoch < self.epochs and not st.stopped:
@@ -67,7 +70,7 @@ class Loop:
                 st.samples += task.samples_in(item) * self.runtime.world_size  # shards are equal
                 if st.step % self.log_every == 0:
                     last, last_n = self._log_interval(sums, n, last, last_n)
-                for p in pls:
+                for p in per_step:
                     p.on_batch_end(run, st.step)
             logs = self._means(sums, n)
             self._check_finite(logs, f"epoch {epoch + 1}")

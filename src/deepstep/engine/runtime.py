@@ -192,12 +192,20 @@ class RuntimeModule(torch.nn.Module):
         super().__init__()
         self.module = inner  # registered: parameters, train/eval and .to() reach the model
         object.__setattr__(self, "_plain", plain)  # not registered: no duplicate parameters
+        object.__setattr__(self, "_inner", inner)  # the same, without nn.Module's attribute lookup
         object.__setattr__(self, "_rt", runtime)
         object.__setattr__(self, "_children_cache", {})
+        # fp32 without channels_last: nothing to add around the call (one Python frame per step)
+        object.__setattr__(self, "_direct", runtime.precision != "bf16" and not runtime.channels_last)
+
+    def __call__(self, *args, **kwargs):  # hooks belong on the model, so skip nn.Module's dispatch here
+        if self._direct:
+            return self._inner(*args, **kwargs)
+        return self.forward(*args, **kwargs)
 
     def forward(self, *args, **kwargs):
         with self._rt.autocast():
-            return self.module(*self._rt.prepare(args), **kwargs)
+            return self._inner(*self._rt.prepare(args), **kwargs)
 
     def __getattr__(self, name: str):
         try:

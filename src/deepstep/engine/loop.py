@@ -46,7 +46,7 @@ class Loop:
     @property
     def dir(self):
         """The run directory checkpoints go to (main process only), or None."""
-        d = getattr(self.run, "dir", None)
+        d = self.run.dir if self.run is not None else None
         return d if d is not None and self.runtime.is_main else None
 
     def fit(self) -> dict:
@@ -115,7 +115,7 @@ class Loop:
     def _check_finite(self, logs: dict, where: str) -> None:
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            d = getattr(self.run, "dir", None)
+            d = self.run.dir if self.run is not None else None
             if d is None:
                 kept = ""
             elif self.saved_epoch is None:

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..engine.runtime import evaluating
 from ..errors import UserError, unknown
 from ..registry import MODELS
 
@@ -137,10 +138,8 @@ def check_fits(model: nn.Module, sample: torch.Tensor, data_name: str) -> torch.
     hooks = [m.register_forward_pre_hook(lambda mod, inp, n=n: entered.append(
         (n, mod, tuple(inp[0].shape) if inp and torch.is_tensor(inp[0]) else ())))
         for n, m in model.named_modules() if n and not list(m.children())]
-    was_training = model.training
-    model.eval()  # no dropout draws, no batch-norm statistics from this probe
     try:
-        with torch.no_grad():
+        with torch.no_grad(), evaluating(model):  # no dropout draws, no batch-norm statistics from this probe
             return model(sample)
     except RuntimeError as e:
         if not entered:
@@ -152,6 +151,5 @@ def check_fits(model: nn.Module, sample: torch.Tensor, data_name: str) -> torch.
             f"{shape}. ({str(e).splitlines()[0]})"
         ) from None
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()

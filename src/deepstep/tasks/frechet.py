@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,23 +94,40 @@ class FeatureNet:
         return np.concatenate(feats), np.concatenate(preds)
 
 
+_LOADED: dict[str, FeatureNet] = {}  # folder -> the classifier, loaded once per process
+
+
 def feature_net(data_cfg, log=print) -> FeatureNet:
     """The data set's fixed classifier, trained into the cache on first use. The caller's random
     state and thread count are left as they were (building a model draws random numbers), so a
     run that trains or loads the classifier continues exactly like one that does not."""
+    folder = str(_folder(_data(data_cfg)))
+    if folder in _LOADED and (Path(folder) / "summary.json").is_file():
+        return _LOADED[folder]
     state, threads = rng_state(), torch.get_num_threads()
     try:
         with torch.inference_mode(False), torch.enable_grad():  # callers measure under no_grad
-            return _feature_net(data_cfg, log)
+            _LOADED[folder] = _feature_net(data_cfg, log)
+            return _LOADED[folder]
     finally:
         set_rng_state(state)
         torch.set_num_threads(threads)
 
 
-def _feature_net(data_cfg, log) -> FeatureNet:
-    data = dataclasses.replace(data_cfg, normalize=True, limit=0, augment="", stream=False, download=True)
+def _data(data_cfg):
+    """The data section of the feature classifier: the run's data set, normalized, full size."""
+    return dataclasses.replace(data_cfg, normalize=True, limit=0, augment="", stream=False, download=True)
+
+
+def _folder(data) -> Path:
+    """Where the classifier of `data` is cached: the key covers its recipe and data section."""
     key = json.dumps({"v": FEATURE_NET_VERSION, "net": FEATURE_NET, "data": dataclasses.asdict(data)}, sort_keys=True)
-    folder = cache_dir() / "feature-nets" / f"{data.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+    return cache_dir() / "feature-nets" / f"{data.name}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _feature_net(data_cfg, log) -> FeatureNet:
+    data = _data(data_cfg)
+    folder = _folder(data)
     if not (folder / "summary.json").exists():
         n = len(DATASETS.get(data.name)(data).x_train)
         epochs = feature_epochs(int(n * (1 - data.val_split)))
@@ -144,9 +162,7 @@ def sample_quality(task, model, split: str) -> dict:
     gen = torch.Generator(device=real.device).manual_seed(SAMPLE_SEED)
     with evaluating(model):
         fake = torch.cat([model.sample(min(1000, len(real) - i), generator=gen) for i in range(0, len(real), 1000)])
-    if getattr(task, "_feature_net", None) is None:
-        task._feature_net = feature_net(task.cfg.data, log_stderr)
-    net = task._feature_net
+    net = feature_net(task.cfg.data, log_stderr)
     if split == "val":
         return {"val/frechet": sample_metrics(net, real, fake, "val")["val/frechet"]}
     return {**sample_metrics(net, real, fake), "samples/n": len(real), "samples/feature_net_acc": net.accuracy}

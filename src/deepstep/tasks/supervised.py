@@ -182,7 +182,7 @@ class Supervised:
     def _features(self) -> None:
         """Replace every split's images by their embeddings, once, with the (frozen) backbone as it is
         now: called on first use, so a resumed run encodes with the checkpoint's weights."""
-        if self.encode is None or getattr(self, "_encoded", False):
+        if self.encode is None or self._encoded:
             return
         model, bs = unwrap(self.model), self.cfg.train.eval_batch_size
         with torch.no_grad(), evaluating(model), self.rt.autocast():  # not inference_mode: the head's backward reads them
@@ -192,6 +192,7 @@ class Supervised:
         self._encoded = True
 
     encode = None  # train.cache_features: the frozen backbone that encodes each split once
+    _encoded = False  # ... and whether it has
     _head = None  # ... and the head that then trains on the embeddings
 
     @property

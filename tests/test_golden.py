@@ -19,9 +19,12 @@ NEEDS = {"cartpole-ppo": "gymnasium"}  # recipe -> module it needs beyond the co
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c["recipe"] for c in CASES])
-def test_golden_summary(case, tmp_path):
+def test_golden_summary(case, tmp_path, monkeypatch):
     if case["recipe"] in NEEDS:
         pytest.importorskip(NEEDS[case["recipe"]])
+    # a fresh cache, as when the file was made: the Fréchet feature classifier is trained inside
+    # this case (with its one thread), not by whichever earlier test happened to need it first
+    monkeypatch.setenv("DEEPSTEP_CACHE", str(tmp_path / "cache"))
     summary = deepstep.train(case["recipe"], case["overrides"], run_dir=tmp_path / "run", verbose=0).summary
     bad = []
     for key, pinned in case["summary"].items():

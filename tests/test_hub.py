@@ -198,3 +198,15 @@ def test_compile_trains_to_the_same_result_as_eager(tmp_path):
     eager = fit(tiny("classify", "train.epochs=3"), verbose=0).summary
     compiled = fit(tiny("classify", "train.epochs=3", "train.compile=true"), verbose=0).summary
     assert compiled["test/acc"] == pytest.approx(eager["test/acc"], abs=0.01)
+
+
+def test_a_plugin_named_twice_runs_once_and_an_instance_replaces_the_default(tmp_path):
+    from deepstep.plugins.best import BestWeights
+
+    cfg = tiny("classify", "train.epochs=6", "plugins.use=['metrics', 'csv-log', 'csv-log']")
+    run = fit(cfg, run_dir=tmp_path / "r", plugins=[BestWeights(patience=1)], verbose=0)
+    names = [p.name for p in run.plugins]
+    assert sorted(names) == ["best-weights", "csv-log", "metrics"]
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in lines if '"epoch"' in line]) == run.summary["epochs"]  # written once each
+    assert run.summary["epochs"] < 6  # the given instance's patience, not train.early_stop = 0

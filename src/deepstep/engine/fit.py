@@ -79,8 +79,7 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         task = task(runtime)
     run = Run(cfg, rd, task=task, runtime=runtime, meta=RunMeta.from_dict({**task.meta, "model": cfg.model}),
               verbose=verbose)
-    chosen = [p for p in _defaults() + [cls() for cls in named] + [as_plugin(p) for p in plugins]
-              if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
+    chosen = [p for p in _choose(named, plugins) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
     loop = Loop(task, runtime, cfg.train.epochs, run, chosen, cfg.train.checkpoint_every, cfg.train.log_every)
     run.loop, run.plugins = loop, loop.plugins
     if resuming:
@@ -125,9 +124,14 @@ def resume(run_dir: Path | str, *, plugins: Sequence = (), verbose: int = 1) -> 
     return fit(cfg, run_dir=rd.path, plugins=plugins, resume=True, verbose=verbose)
 
 
-def _defaults() -> list[Plugin]:
-    """Fresh instances of the plug-ins every run gets (registry tag "default")."""
-    return [PLUGINS.get(n)() for n in PLUGINS.tagged("default")]
+def _choose(named: list[type[Plugin]], given: Sequence) -> list[Plugin]:
+    """The run's plug-ins: fresh instances of the default ones (registry tag "default") and of
+    those the config names, then the given objects; one per name, a given instance replacing a
+    registered plug-in of the same name (e.g. `BestWeights(patience=3)`)."""
+    given = [as_plugin(p) for p in given]
+    registered = {cls.name: cls for cls in [PLUGINS.get(n) for n in PLUGINS.tagged("default")] + named}
+    replaced = {p.name for p in given}
+    return [cls() for name, cls in registered.items() if name not in replaced] + given
 
 
 def versions() -> dict:

@@ -157,10 +157,6 @@ class Run:
         """Whether this process writes files (rank 0 under torchrun)."""
         return self.runtime is None or self.runtime.is_main
 
-    @property
-    def finished(self) -> bool:
-        return bool(self.summary) and (self.dir is None or self.dir.summary.is_file() or self.task is not None)
-
     def metrics(self) -> list[dict]:
         """Every logged record (step and epoch records) in order."""
         if self.dir is not None and self.dir.metrics.exists():

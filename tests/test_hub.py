@@ -210,3 +210,19 @@ def test_a_plugin_named_twice_runs_once_and_an_instance_replaces_the_default(tmp
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"epoch"' in line]) == run.summary["epochs"]  # written once each
     assert run.summary["epochs"] < 6  # the given instance's patience, not train.early_stop = 0
+
+
+def test_reconstruction_predict_refuses_inputs_outside_the_unit_range(run_cli, tmp_path):
+    """A Bernoulli decoder scores inputs outside [0, 1] as nonsense (negative 'nats'): a clear error."""
+    from sklearn.datasets import load_digits
+
+    r = run_cli("train", "digits-ae", "--set", "train.epochs=1", "--run-dir", "ae", "--quiet")
+    assert r.returncode == 0, r.stderr
+    raw = load_digits().images[:2, None].astype(np.float32)  # pixel values 0..16
+    np.save(tmp_path / "raw.npy", raw)
+    np.save(tmp_path / "unit.npy", raw / 16)
+    r = run_cli("predict", "ae", "raw.npy")
+    assert r.returncode == 2 and "[0, 16]" in r.stderr and "/16" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("predict", "ae", "unit.npy", "--json")
+    assert r.returncode == 0, r.stderr
+    assert all(json.loads(line)["anomaly_score"] > 0 for line in r.stdout.splitlines())

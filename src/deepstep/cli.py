@@ -250,6 +250,11 @@ def _predict_reconstructions(run, x, names, args) -> None:
     from .tasks.generative import anomaly_scores, image_grid, reconstruct, save_png
 
     x = run.preprocess(x)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:  # a Bernoulli decoder scores values outside [0, 1] as nonsense
+        raise UserError(f"This {run.cfg.task} run models inputs in [0, 1] as its data set loads them, but the inputs "
+                        f"hold values in [{lo:.4g}, {hi:.4g}]: scale them first (e.g. 8-bit images: /255; "
+                        "scikit-learn digits: /16).")
     model = run.model()
     scores = anomaly_scores(model, x, run.cfg.gen.decoder, run.cfg.gen.sigma)
     recon = reconstruct(model, x)

@@ -176,7 +176,8 @@ class Runtime:
     def describe(self) -> str:
         if self.device.type == "cuda":
             return f"cuda ({torch.cuda.get_device_name(self.device)})"
-        return f"{self.device.type} ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"{self.device.type} ({n} thread{'' if n == 1 else 's'})"
 
 
 class RuntimeModule(torch.nn.Module):

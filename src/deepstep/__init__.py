@@ -1,7 +1,7 @@
 """deepstep: learn and practise deep learning with one PyTorch engine.
 
-Public API: `fit`, `evaluate`, `predict` (any nn.Module on arrays), `train` (a recipe by name),
-`resume`, `load_run`, `create_model`, `list_recipes`.
+Public API: `fit`, `evaluate`, `predict`, `summary` (any nn.Module on arrays), `train` (a recipe
+by name), `resume`, `load_run` (a run directory as a `Run`), `create_model`, `list_recipes`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from .version import __version__  # noqa: F401  (deepstep.__version__)
 
 
 def train(recipe: str, overrides: list[str] = (), run_dir=None, verbose: int = 1):
-    """Train a recipe by name (see `list_recipes()`) with `key=value` overrides; returns a Result
-    with `.run_dir` and `.summary`."""
+    """Train a recipe by name (see `list_recipes()`) with `key=value` overrides; returns the
+    finished `Run` (`.summary`, `.path`, `.predict(raw)`, `.model()`)."""
     from .config import load_config
     from .run import train as _train
 

@@ -226,3 +226,25 @@ def test_reconstruction_predict_refuses_inputs_outside_the_unit_range(run_cli, t
     r = run_cli("predict", "ae", "unit.npy", "--json")
     assert r.returncode == 0, r.stderr
     assert all(json.loads(line)["anomaly_score"] > 0 for line in r.stdout.splitlines())
+
+
+def test_a_checkpoint_from_before_plugins_resumes_without_losing_metric_lines(tmp_path):
+    """Checkpoints of the callback era held `metric_lines` and a list of callback states."""
+    from deepstep.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg = tiny("classify", "train.epochs=4")
+    spe = fit(cfg, run_dir=tmp_path / "ref", verbose=0).task.steps_per_epoch
+    with pytest.raises(Killed):
+        fit(cfg, run_dir=tmp_path / "cut", verbose=0, plugins=[KillAt(2 * spe + 1)])
+    ckpt = tmp_path / "cut" / "checkpoint.pt"
+    state = load_checkpoint(ckpt)
+    plugins = state.pop("plugins")
+    state["metric_lines"] = plugins["metrics"]["lines"]
+    state["callbacks"] = [plugins["best-weights"], {}]  # BestWeights, then Progress (stateless)
+    save_checkpoint(state, ckpt)
+    resume(tmp_path / "cut", verbose=0)
+    a = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert a == b
+    ra, rb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("ref", "cut"))
+    assert ra["test/acc"] == rb["test/acc"] and ra.get("best_epoch") == rb.get("best_epoch")

@@ -142,12 +142,25 @@ class Loop:
     def load_state_dict(self, state: dict) -> None:
         self.task.load_state_dict(state["task"])
         self.state = LoopState(**state["loop"])
-        saved = state.get("plugins", {})
+        saved = state.get("plugins") or _from_callbacks(state)
         for p in self.plugins:
             if _key(p) in saved:  # a plug-in added since the checkpoint starts from scratch
                 p.load_state_dict(saved[_key(p)])
         set_rng_state(state["rng"])
         self.saved_epoch = self.state.epoch
+
+
+def _from_callbacks(state: dict) -> dict:
+    """Plug-in states of a checkpoint written before plug-ins existed (deepstep 0.1 with
+    callbacks): its metrics.jsonl line count and its best-weights state, so that such a run
+    resumes without losing metric lines or its best epoch."""
+    out = {}
+    if "metric_lines" in state:
+        out["metrics"] = {"lines": state["metric_lines"]}
+    for cb in state.get("callbacks", []):
+        if isinstance(cb, dict) and {"best", "best_epoch", "wait", "best_state"} <= set(cb):
+            out["best-weights"] = cb
+    return out
 
 
 def _key(plugin) -> str:

@@ -6,7 +6,7 @@ Model options are not a dataclass here: a model factory's keyword-only signature
 config (see `registry.model_options`), so `[model]` holds `name` plus that factory's arguments.
 
 Options belong to their owner. This module holds the generic sections (data, optim, sched, train,
-plugins) and the typed-coercion machinery. A task-specific section (`[env]` and `[rl]` of dqn/ppo,
+plugins, card) and the typed-coercion machinery. A task-specific section (`[env]` and `[rl]` of dqn/ppo,
 `[gen]` of autoencode/vae/gan, `[forecast]`, `[transfer]` of classify/regress) is declared beside
 its tasks (tasks/rl/options.py, tasks/*_options.py) and registered with them by
 `register_section(name, cls, tasks=...)`: registration goes from tasks to config, never back;
@@ -184,8 +184,14 @@ class PluginsConfig:
                 raise UserError(f"plugins.use = {self.use!r} must be a list of plug-in names, e.g. [\"csv-log\"].")
 
 
+@dataclass
+class CardConfig:
+    intended_use: str = opt("", "model card (RUN/MODEL_CARD.md): what the model is for; empty: a generic sentence")
+    limitations: str = opt("", "model card: known limitations and caveats; empty: a generic sentence")
+
+
 GENERIC_SECTIONS: dict[str, type] = {"data": DataConfig, "optim": OptimConfig, "sched": SchedConfig,
-                                     "train": TrainConfig, "plugins": PluginsConfig}
+                                     "train": TrainConfig, "plugins": PluginsConfig, "card": CardConfig}
 
 
 # --- task-specific sections: declared and registered by their owners ------------------------------
@@ -265,6 +271,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sections: dict = field(default_factory=dict)  # the task's own sections by name (not a TOML key)
     plugins: PluginsConfig = field(default_factory=PluginsConfig)
+    card: CardConfig = field(default_factory=CardConfig)
     expect: dict = field(default_factory=dict)
     recipe: str = opt("", "name of the recipe this run came from")
 

@@ -55,7 +55,7 @@ the monitored metric (train.monitor, or the first of val/return_mean, rollout/re
 alone, in the direction it improves: `unstable` (rule 3 on that metric, sigma against its median
 absolute value), `still_improving` (rule 4) or `good_fit`. Their train losses are no counterpart
 of that metric (a GAN's losses are a game, an RL loss moves with the data the policy collects, a
-VAE's train/loss is not the val/neg_elbo of the same terms), so overfitting and underfitting are
+VAE's train/loss weighs the KL term by gen.beta, its val/neg_elbo by 1), so overfitting and underfitting are
 not judged. A run with neither a val/loss nor 2 finite values of
 such a metric gets no diagnosis (`diagnose` returns label None and the plug-in adds nothing).
 

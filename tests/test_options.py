@@ -68,7 +68,7 @@ def test_classify_config_has_no_rl_section():
     d = cfg.to_dict()
     assert "transfer" in d and not TASK_SPECIFIC - {"transfer"} & set(d)
     assert set(d) == {"task", "description", "data", "model", "optim", "sched", "train", "transfer",
-                      "plugins", "expect", "recipe"}
+                      "plugins", "card", "expect", "recipe"}
     assert not hasattr(cfg, "rl") and cfg.uses("transfer") and not cfg.uses("rl") and cfg.uses("train")
     with pytest.raises(SectionError) as e:
         cfg.rl  # noqa: B018

@@ -22,7 +22,7 @@ from deepstep.registry import PLUGINS, TASKS
 
 # one tiny configuration per task: (recipe, overrides, the plug-ins that must apply with a run directory)
 TINY = {
-    "classify": ("digits-mlp", ["train.epochs=2"], {"metrics", "best-weights"}),
+    "classify": ("digits-mlp", ["train.epochs=2"], {"metrics", "best-weights", "class-report", "class-balance"}),
     "forecast": ("sunspots-lstm", ["train.epochs=2"], {"metrics", "best-weights", "forecast-baselines"}),
     "autoencode": ("digits-ae", ["train.epochs=2"], {"metrics", "best-weights", "ae-pictures"}),
     "vae": ("digits-vae", ["train.epochs=2", "gen.eval_samples=0", "gen.test_samples=0", "gen.nll_samples=2"],
@@ -34,6 +34,8 @@ TINY = {
     "dqn": ("cartpole-dqn", ["train.epochs=2", "env.steps_per_epoch=512", "rl.learning_starts=100", "env.val_episodes=1",
                              "env.eval_episodes=1"], {"metrics", "best-weights"}),
 }
+TASK_SPECIFIC = {"forecast-baselines", "ae-pictures", "gan-pictures", "tokenizer-files", "tfidf-baseline",
+                 "scratch-baseline", "class-report", "class-balance"}
 ALWAYS_FILES = ("config.toml", "metrics.jsonl", "meta.json", "summary.json", "model.safetensors", "checkpoint.pt")
 
 
@@ -48,7 +50,8 @@ def test_every_task_runs_through_fit_with_its_plugins_and_reopens(task, tmp_path
         pytest.importorskip("gymnasium")
     run = fit(tiny(task), run_dir=tmp_path / "run", verbose=0)
     names = {p.name for p in run.plugins}
-    assert names == TINY[task][2], names
+    # the task's own plug-ins run, and no other task's (plug-ins for every run may come and go)
+    assert TINY[task][2] <= names and not (TASK_SPECIFIC - TINY[task][2]) & names, names
     for f in ALWAYS_FILES:
         assert (tmp_path / "run" / f).is_file(), f
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -206,7 +209,8 @@ def test_a_plugin_named_twice_runs_once_and_an_instance_replaces_the_default(tmp
     cfg = tiny("classify", "train.epochs=6", "plugins.use=['metrics', 'csv-log', 'csv-log']")
     run = fit(cfg, run_dir=tmp_path / "r", plugins=[BestWeights(patience=1)], verbose=0)
     names = [p.name for p in run.plugins]
-    assert sorted(names) == ["best-weights", "csv-log", "metrics"]
+    assert len(names) == len(set(names)) and {"best-weights", "csv-log", "metrics"} <= set(names)
+    assert [p for p in run.plugins if p.name == "best-weights"][0].patience == 1
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in lines if '"epoch"' in line]) == run.summary["epochs"]  # written once each
     assert run.summary["epochs"] < 6  # the given instance's patience, not train.early_stop = 0

@@ -19,3 +19,8 @@ if [ ! -d /usr/share/games/fortunes ] && command -v apt-get >/dev/null && [ "$(i
   (apt-get update -qq && apt-get install -y -qq fortunes) >/dev/null 2>&1 \
     || echo "note: could not install the Debian package fortunes; the fortunes-* recipes need it (or data.path)"
 fi
+# Optional headless browser (Debian chromium) for the render test of report.html (tests/test_report.py).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "note: could not install the Debian package chromium; the report's render test will be skipped"
+fi

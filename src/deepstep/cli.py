@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the episode's environment")
     s.add_argument("--max-steps", type=int, default=10000, help="end the episode after this many steps")
 
+    s = sub.add_parser("report", help="write a run's report.html again, or compare several runs in one page")
+    s.add_argument("run_dirs", nargs="+", metavar="RUN", help="one run: RUN/report.html; several: a comparison")
+    s.add_argument("--out", help="several runs: the comparison's HTML file (default report-compare.html); "
+                   "one run: write its report here instead of RUN/report.html")
+
     s = sub.add_parser("scratch", help="train the NumPy network with hand-written backprop on digits")
     s.add_argument("--hidden", type=int, default=32, help="hidden units")
     s.add_argument("--epochs", type=int, default=40)
@@ -322,6 +327,17 @@ def cmd_play(args) -> None:
     print(f"episode return {r['return']:.1f} in {r['length']} steps{saved}")
 
 
+def cmd_report(args) -> None:
+    from .plugins.report import write_comparison, write_report
+
+    if args.out and not args.out.lower().endswith((".html", ".htm")):
+        raise UserError(f"--out {args.out}: the file name must end in .html.")
+    if len(args.run_dirs) == 1:
+        print(write_report(args.run_dirs[0], out=args.out))
+        return
+    print(write_comparison(args.run_dirs, args.out or "report-compare.html"))
+
+
 def cmd_scratch(args) -> None:
     from .scratch import digits_demo
 
@@ -335,7 +351,8 @@ def cmd_scratch(args) -> None:
 
 
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
-            "eval": cmd_eval, "predict": cmd_predict, "sample": cmd_sample, "play": cmd_play, "scratch": cmd_scratch}
+            "eval": cmd_eval, "predict": cmd_predict, "sample": cmd_sample, "play": cmd_play, "report": cmd_report,
+            "scratch": cmd_scratch}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""`deepstep` command line: list, options, train, resume, eval, predict, sample, play, scratch.
+"""`deepstep` command line: list, options, train, resume, eval, predict, sample, play, report, explain,
+scratch.
 
 Every command that reads a run opens it as one `Run` (engine/run.py) and dispatches on the
 capabilities its task declares in the registry ("predict", "reconstruct", "forecast", "sample",
@@ -76,6 +77,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dirs", nargs="+", metavar="RUN", help="one run: RUN/report.html; several: a comparison")
     s.add_argument("--out", help="several runs: the comparison's HTML file (default report-compare.html); "
                    "one run: write its report here instead of RUN/report.html")
+
+    s = sub.add_parser("explain", help="attribute an image classifier's predictions (saliency, integrated "
+                       "gradients, occlusion, Grad-CAM) and check the attributions' honesty")
+    s.add_argument("run_dir")
+    s.add_argument("inputs", nargs="*", help="image files or .npy arrays as `deepstep predict` reads them "
+                   "(default: the first --n test examples)")
+    s.add_argument("--method", default="saliency", help="saliency, integrated-gradients, occlusion or grad-cam "
+                   "(conv models), or all")
+    s.add_argument("--target", help="the class to explain, a name or an index (default: the predicted class)")
+    s.add_argument("--out", help="folder for explain.json, the arrays and the PNGs (default RUN/explain)")
+    s.add_argument("--n", type=int, default=8, help="without INPUT: how many test examples (default 8)")
 
     s = sub.add_parser("scratch", help="train the NumPy network with hand-written backprop on digits")
     s.add_argument("--hidden", type=int, default=32, help="hidden units")
@@ -338,6 +350,26 @@ def cmd_report(args) -> None:
     print(write_comparison(args.run_dirs, args.out or "report-compare.html"))
 
 
+def cmd_explain(args) -> None:
+    from .engine.run import Run
+    from .plugins.explain import check_explainable, explain, methods_for, summary_lines
+
+    run = Run.open(args.run_dir)
+    check_explainable(run)
+    methods = methods_for(run) if args.method == "all" else [args.method]
+    for method in methods:
+        e = explain(run, method, inputs=args.inputs or None, target=args.target, out=args.out, n=args.n)
+        print(f"{method} ({e['seconds']:.2f} s for {len(e['inputs'])} inputs, target: {e['target']}):")
+        for r in e["inputs"]:
+            true = f"true {r['true']}, " if r["true"] is not None else ""
+            print(f"  {r['input']}: {true}predicted {r['predicted']} ({r['probability']:.3f}) -> "
+                  f"{Path(e['dir']) / r['png']}")
+        for line in summary_lines(e):
+            print(line)
+    print(f"written: {Path(e['dir']) / 'explain.json'}"
+          + (f" (`deepstep report {run.path}` adds them to its report.html)" if args.out is None else ""))
+
+
 def cmd_scratch(args) -> None:
     from .scratch import digits_demo
 
@@ -352,7 +384,7 @@ def cmd_scratch(args) -> None:
 
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
             "eval": cmd_eval, "predict": cmd_predict, "sample": cmd_sample, "play": cmd_play, "report": cmd_report,
-            "scratch": cmd_scratch}
+            "explain": cmd_explain, "scratch": cmd_scratch}
 
 
 def main(argv: list[str] | None = None) -> int:

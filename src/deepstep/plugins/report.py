@@ -9,8 +9,8 @@ task, data and split sizes, model and parameter count, device, time, epochs), th
 targets met or not, the diagnosis (summary key "diagnosis") when there is one, the test metrics
 beside any baseline/*, learning curves from the epoch records of metrics.jsonl, and by task:
 per-class results, confusion matrix, highest-loss examples and a reliability diagram
-(classes.json and predictions.npz), the forecast picture, an autoencoder's or GAN's pictures, an
-RL agent's return and episode length.
+(classes.json and predictions.npz), attributions (RUN/explain), the forecast picture, an
+autoencoder's or GAN's pictures, an RL agent's return and episode length.
 
 The plug-in "report" (default, last) writes it at the end of every run with a directory;
 `deepstep report RUN` writes it again for an old run.
@@ -30,6 +30,7 @@ from ..engine.checkpoint import atomic_write
 from ..engine.logs import monitor_mode
 from ..engine.plugin import Plugin
 from ..registry import PLUGINS
+from .explain import report_section
 from .report_parts import (
     CSS,
     PICTURE_NOTES,
@@ -347,7 +348,7 @@ def render(f: RunFiles) -> str:
     rl, rl_keys = reinforcement(f)
     pics, pic_keys = generative(f, has_loss_curves=any("loss" in k for r in f.epochs for k in r))
     body = [header(f), diagnosis(f), results(f), curves_section(f, rl_keys | pic_keys),
-            classification(f), forecast(f), pics, rl]
+            classification(f), report_section(f.path), forecast(f), pics, rl]
     v = f.summary.get("versions") or {}
     foot = (f"Written by deepstep {esc(v.get('deepstep', ''))} on {esc(time.strftime('%Y-%m-%d %H:%M'))} from the "
             f"run directory {esc(f.path.resolve())}"

@@ -1,0 +1,410 @@
+"""Attributions for image classifiers (`deepstep explain RUN`), with two checks of their honesty.
+
+    explain(run, "saliency")                      the first 8 test images of the run
+    explain(run, "grad-cam", inputs=["a.png"])    image files / .npy as `deepstep predict` reads them
+
+Methods (Captum): `saliency` (|d logit / d input|), `integrated-gradients` (baseline: zeros in
+normalized space, i.e. the training mean image; 32 steps), `occlusion` (a window of about 1/7 of
+the image side, 2x2 on 8x8 digits and 4x4 on 28x28, stride half the window, filled with a blank
+pixel) and `grad-cam` (LayerGradCam on `model.target_layer()`, conv models only, upsampled
+bilinearly to the input size). The target is the predicted class unless `target` names one.
+
+Every call also measures, on the same inputs and target:
+
+- the model-randomization check (Adebayo et al. 2018, "Sanity checks for saliency maps"): the
+  Spearman rank correlation between the absolute attributions of the trained model and of the same
+  architecture with freshly initialized weights (seed 12345), per input, averaged. A map that
+  explains the model must change when the model's weights are destroyed: the check passes when
+  |rho| < 0.5 (RHO_THRESHOLD; the paper shows maps, not a bar: 0.5 is ours). An input whose map is
+  constant on either model has no rank correlation; it counts as 0 and is counted in `undefined`.
+- a deletion test: the top 0, 10, ..., 50 % of pixels by attribution (summed over channels) are set
+  to a blank pixel (the normalized value of raw input 0) and the target's probability followed; the
+  area under that curve (the mean over the six points) is compared with the same for random pixel
+  orders (3 orders, seed 0). Removing what the map calls important should hurt more than removing
+  pixels at random: the check passes when the method's area is lower.
+
+Written to OUT (default RUN/explain): explain.json (per method: its inputs, predictions, checks and
+seconds; calls with other methods add to it), explain-<method>.npz (inputs x in normalized space,
+attributions of the same shape, targets) and one PNG per input (the input beside its heatmap).
+Captum is imported only when a method runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.checkpoint import atomic_write
+from ..errors import UserError, unknown
+from ..models.layers import create_model, reload_options
+from ..registry import MODELS, TASKS
+
+METHODS = ("saliency", "integrated-gradients", "occlusion", "grad-cam")
+RHO_THRESHOLD = 0.5
+DELETION_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+RANDOM_ORDERS = 3
+RANDOM_SEED = 12345
+IG_STEPS = 32
+
+
+# --- what can be explained ----------------------------------------------------------------------
+def check_explainable(run) -> None:
+    """A UserError unless `run` is a finished image classifier."""
+    task, name = run.cfg.task, run.cfg.model.get("name", "")
+    if not TASKS.has(task, "predict"):
+        raise UserError(f"'{run.path}' is a {task} run: `deepstep explain` attributes the predictions of image "
+                        "classifiers (task classify, e.g. digits-cnn, digits-mlp, fashion-cnn) and this run "
+                        "does not classify.")
+    run.inference()  # a clear error for an unfinished run
+    meta = run.meta
+    if meta.loss != "cross_entropy" or not meta.classes:
+        raise UserError(f"'{run.path}' is a regression run (loss {meta.loss}): `deepstep explain` needs a classifier.")
+    if meta.kind != "image" or len(meta.in_shape) != 3:
+        raise UserError(f"'{run.path}' reads {meta.kind} inputs of shape {tuple(meta.in_shape)}: `deepstep explain` "
+                        "attributes image classifiers (C, H, W) only.")
+    if not MODELS.has(name, "classifier"):
+        raise UserError(f"Model '{name}' of '{run.path}' is not a classifier (tag 'classifier'): nothing to explain.")
+
+
+def methods_for(run) -> list[str]:
+    """The methods that work for this run's model (grad-cam needs a conv target layer)."""
+    cam = _cam_layer(run.model(), tuple(run.meta.in_shape)) is not None
+    return [m for m in METHODS if m != "grad-cam" or cam]
+
+
+def _cam_layer(model, in_shape):
+    layer = model.target_layer() if hasattr(model, "target_layer") else None
+    if layer is None:
+        return None
+    probe = {}
+
+    def hook(module, inputs, output) -> None:  # returns None: the output stays as it is
+        probe["shape"] = tuple(output.shape) if torch.is_tensor(output) else ()
+
+    h = layer.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    except Exception:  # noqa: BLE001 - no probe possible: treat as not a feature map
+        return None
+    finally:
+        h.remove()
+    return layer if len(probe.get("shape", ())) == 4 else None
+
+
+def resolve_method(method: str, run) -> str:
+    if method not in METHODS:
+        raise unknown("method", method, METHODS)
+    if method == "grad-cam":
+        if _cam_layer(run.model(), tuple(run.meta.in_shape)) is None:
+            raise UserError(f"grad-cam needs a conv model whose target_layer() is a feature map (B, C, H, W); "
+                            f"model '{run.cfg.model['name']}' has none. Methods that work for this run: "
+                            f"{', '.join(m for m in METHODS if m != 'grad-cam')}.")
+    return method
+
+
+def resolve_target(target: str | None, classes: list[str]) -> int | None:
+    """A class name or index -> index; None: each input's predicted class."""
+    if target is None:
+        return None
+    if target in classes:
+        return classes.index(target)
+    try:
+        i = int(target)
+    except ValueError:
+        i = -1
+    if 0 <= i < len(classes):
+        return i
+    raise UserError(f"--target {target!r} is not one of this run's classes: {', '.join(classes)} "
+                    f"(a name or an index 0..{len(classes) - 1}).")
+
+
+# --- attributions -----------------------------------------------------------------------------------
+def occlusion_window(in_shape) -> tuple[int, int]:
+    """(window, stride) for an image side: about 1/7 of it, at least 2 (8x8: 2, 1; 28x28: 4, 2)."""
+    w = max(2, min(in_shape[1], in_shape[2]) // 7)
+    return w, max(1, w // 2)
+
+
+def attribute(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, method: str,
+              blank: torch.Tensor | None = None) -> torch.Tensor:
+    """Attributions of `method` for model inputs `x` (N, C, H, W) and class indices `target` (N,),
+    of x's shape. `blank` (C,) is the normalized value of an empty pixel (occlusion's fill)."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, Occlusion, Saliency
+
+    model.eval()
+    x = x.detach().float().clone().requires_grad_(method != "occlusion")
+    t = target.long()
+    if method == "saliency":
+        a = Saliency(model).attribute(x, target=t, abs=True)
+    elif method == "integrated-gradients":
+        a = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=IG_STEPS,
+                                                 internal_batch_size=256)
+    elif method == "occlusion":
+        w, s = occlusion_window(x.shape[1:])
+        fill = 0.0 if blank is None else blank.float().reshape(1, -1, 1, 1).expand_as(x).contiguous()
+        a = Occlusion(model).attribute(x, sliding_window_shapes=(x.shape[1], w, w), strides=(x.shape[1], s, s),
+                                       baselines=fill, target=t, perturbations_per_eval=64)
+    elif method == "grad-cam":
+        layer = model.target_layer()
+        cam = LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)
+        a = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear")
+        a = a.expand(-1, x.shape[1], -1, -1) / x.shape[1]  # each channel a share: the channel sum is the map
+    else:
+        raise unknown("method", method, METHODS)
+    return a.detach().float().reshape(x.shape)
+
+
+def probabilities(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + batch]).float().softmax(-1) for i in range(0, len(x), batch)])
+
+
+# --- the two checks -------------------------------------------------------------------------------
+def randomization_check(attr_fn, model, random_model, x, target) -> dict:
+    """Spearman rho between |attributions| of the trained and the re-initialized model, averaged over
+    inputs. `attr_fn(model, x, target) -> attributions`: any method, or a deliberately broken one."""
+    from scipy.stats import spearmanr
+
+    a = attr_fn(model, x, target).reshape(len(x), -1).abs().numpy()
+    b = attr_fn(random_model, x, target).reshape(len(x), -1).abs().numpy()
+    rhos, undefined = [], 0
+    for u, v in zip(a, b):
+        if np.ptp(u) == 0 or np.ptp(v) == 0:
+            rhos.append(0.0)
+            undefined += 1
+            continue
+        rhos.append(float(spearmanr(u, v).statistic))
+    rho = float(np.mean(rhos)) if rhos else 0.0
+    return {"rho": round(rho, 4), "per_input": [round(r, 4) for r in rhos], "undefined": undefined,
+            "threshold": RHO_THRESHOLD, "passed": bool(abs(rho) < RHO_THRESHOLD)}
+
+
+def _deletion_curve(model, x, target, order, blank) -> np.ndarray:
+    """Target probability after blanking the first k% pixels of `order` (N, H*W), k in DELETION_FRACTIONS."""
+    n, c, h, w = x.shape
+    hw = h * w
+    fill = blank.float().reshape(1, c, 1)
+    rows = []
+    for frac in DELETION_FRACTIONS:
+        k = int(round(frac * hw))
+        xd = x.reshape(n, c, hw).clone()
+        if k:
+            idx = torch.as_tensor(order[:, :k]).long()
+            mask = torch.zeros(n, hw, dtype=torch.bool)
+            mask.scatter_(1, idx, True)
+            xd = torch.where(mask[:, None, :], fill.expand(n, c, hw), xd)
+        p = probabilities(model, xd.reshape(n, c, h, w))
+        rows.append(p[torch.arange(n), target].numpy())
+    return np.stack(rows, 1)  # (N, len(DELETION_FRACTIONS))
+
+
+def deletion_check(model, x, target, attributions, blank) -> dict:
+    """Area under the deletion curve (mean target probability over the fractions) of the method's
+    pixel order against random orders; lower is better."""
+    n, _, h, w = x.shape
+    score = attributions.reshape(n, x.shape[1], h * w).sum(1).numpy()
+    order = np.argsort(-score, axis=1, kind="stable")
+    curve = _deletion_curve(model, x, target, order, blank).mean(0)
+    rng = np.random.default_rng(0)
+    rand = np.mean([_deletion_curve(model, x, target, np.stack([rng.permutation(h * w) for _ in range(n)]), blank)
+                    .mean(0) for _ in range(RANDOM_ORDERS)], 0)
+    area, rand_area = float(curve.mean()), float(rand.mean())
+    return {"fractions": list(DELETION_FRACTIONS), "curve": [round(float(v), 4) for v in curve],
+            "random_curve": [round(float(v), 4) for v in rand], "area": round(area, 4),
+            "random_area": round(rand_area, 4), "passed": bool(area < rand_area)}
+
+
+def random_model(run) -> torch.nn.Module:
+    """The run's architecture with fresh weights (seed 12345), built as the task's inference builds it."""
+    cfg, meta = run.cfg, run.meta
+    options = reload_options(cfg.model["name"], run.path, {k: v for k, v in cfg.model.items() if k != "name"})
+    torch.manual_seed(RANDOM_SEED)
+    m = create_model(cfg.model["name"], tuple(meta.in_shape), meta.num_outputs, **options)
+    return m.eval()
+
+
+# --- inputs and pictures ------------------------------------------------------------------------------
+def _inputs(run, paths, n):
+    """(x normalized (N, C, H, W), names, true labels or None)."""
+    meta = run.meta
+    if paths:
+        from ..data.inputs import read_inputs
+
+        raw, names = read_inputs(list(paths), tuple(meta.in_shape), meta.kind, run.cfg.data.label_column)
+        return run.preprocess(raw).float(), names, [None] * len(names)
+    data = run.rebuild().data["test"]
+    k = min(n, len(data))
+    if hasattr(data, "x"):
+        x, y = data.x[:k], data.y[:k]
+    else:  # streamed from disk
+        x, y = data.read(np.arange(k))
+    return x.detach().cpu().float(), [f"test[{i}]" for i in range(k)], [int(v) for v in y.cpu()]
+
+
+def _blank(run) -> torch.Tensor:
+    """The normalized value of raw input 0 (an empty pixel), per channel."""
+    c = run.meta.in_shape[0]
+    return run.preprocess(np.zeros((1, *run.meta.in_shape), np.float32))[0].reshape(c, -1)[:, 0].float()
+
+
+def _png(path: Path, image: np.ndarray, attr: np.ndarray, title: str, method: str, signed: bool) -> None:
+    """The input (normalization undone) beside its attribution heatmap, nearest-neighbour pixels."""
+    from matplotlib.figure import Figure
+
+    from .report_parts import figure_png
+
+    fig = Figure(figsize=(6.4, 3.5))
+    fig.subplots_adjust(left=0.02, right=0.9, bottom=0.08, top=0.88, wspace=0.08)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    ax1.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest", vmin=0, vmax=1)
+    if signed:
+        m = float(np.abs(attr).max()) or 1.0
+        im = ax2.imshow(attr, cmap="RdBu_r", interpolation="nearest", vmin=-m, vmax=m)
+    else:
+        im = ax2.imshow(attr, cmap="inferno", interpolation="nearest", vmin=0, vmax=float(attr.max()) or 1.0)
+    for ax, label in ((ax1, "input"), (ax2, method)):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(label, fontsize=9, labelpad=2)
+    cax = fig.add_axes((0.915, 0.12, 0.02, 0.72))
+    fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, figure_png(fig))
+
+
+def _safe(name: str) -> str:
+    """A file-name part for an input name: 'digit.png' -> 'digit', 'a.npy[3]' -> 'a3', 'test[0]' -> 'test0'."""
+    base = Path(str(name)).name
+    for suffix in (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".csv"):
+        base = base.replace(suffix, "")
+    return "".join(ch for ch in base if ch.isalnum() or ch in "-_")[:40] or "input"
+
+
+# --- the command ----------------------------------------------------------------------------------------
+def explain(run, method: str, inputs: list[str] | None = None, target: str | None = None,
+            out: Path | str | None = None, n: int = 8, checks: bool = True) -> dict:
+    """Attribute `method` for the inputs (default: the first `n` test examples), run the two checks,
+    write OUT/explain.json, OUT/explain-<method>.npz and a PNG per input; returns this method's entry."""
+    from .report_parts import display_images
+
+    check_explainable(run)
+    if not 1 <= n <= 1000:
+        raise UserError(f"--n {n} must be between 1 and 1000.")
+    model = run.model().eval()
+    method = resolve_method(method, run)
+    classes = list(run.meta.classes)
+    fixed = resolve_target(target, classes)
+    x, names, labels = _inputs(run, inputs, n)
+    probs = probabilities(model, x)
+    pred = probs.argmax(1)
+    t = pred.clone() if fixed is None else torch.full_like(pred, fixed)
+    blank = _blank(run)
+    start = time.perf_counter()
+    attr = attribute(model, x, t, method, blank)
+    seconds = time.perf_counter() - start
+    entry: dict = {"method": method, "target": "predicted class" if fixed is None else classes[fixed],
+                   "seconds": round(seconds, 4), "inputs": []}
+    if checks:
+        start = time.perf_counter()
+        entry["randomization"] = randomization_check(lambda m, xx, tt: attribute(m, xx, tt, method, blank),
+                                                     model, random_model(run), x, t)
+        entry["deletion"] = deletion_check(model, x, t, attr, blank)
+        entry["check_seconds"] = round(time.perf_counter() - start, 4)
+        entry["passed"] = entry["randomization"]["passed"] and entry["deletion"]["passed"]
+    dest = Path(out) if out is not None else run.path / "explain"
+    dest.mkdir(parents=True, exist_ok=True)
+    shown = display_images(x.numpy(), run.meta.normalizer)
+    signed = method in ("integrated-gradients", "occlusion")
+    for i, name in enumerate(names):
+        p, ti = int(pred[i]), int(t[i])
+        true = classes[labels[i]] if labels[i] is not None and 0 <= labels[i] < len(classes) else None
+        title = (f"true {true} / " if true is not None else "") + f"predicted {classes[p]} ({float(probs[i, p]):.3f})"
+        if ti != p:
+            title += f"; target {classes[ti]} ({float(probs[i, ti]):.3f})"
+        png = dest / f"{i:02d}-{_safe(name)}-{method}.png"
+        _png(png, shown[i], attr[i].sum(0).numpy(), title, method, signed)
+        entry["inputs"].append({"input": str(name), "true": true, "predicted": classes[p],
+                                "probability": round(float(probs[i, p]), 4), "target": classes[ti], "png": png.name})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=x.numpy(), attributions=attr.numpy(), target=t.numpy(), predicted=pred.numpy())
+    atomic_write(dest / f"explain-{method}.npz", buf.getvalue())
+    doc_path = dest / "explain.json"
+    doc = {}
+    if doc_path.is_file():
+        try:
+            doc = json.loads(doc_path.read_text())
+        except (OSError, ValueError):
+            doc = {}
+    if not isinstance(doc, dict) or not isinstance(doc.get("methods"), dict):
+        doc = {"methods": {}}
+    doc.update({"run": str(run.path), "model": run.cfg.model.get("name"), "classes": classes,
+                "rho_threshold": RHO_THRESHOLD, "deletion_fractions": list(DELETION_FRACTIONS)})
+    doc["methods"][method] = entry
+    atomic_write(doc_path, (json.dumps(doc, indent=1) + "\n").encode())
+    entry["dir"] = str(dest)
+    return entry
+
+
+def summary_lines(entry: dict) -> list[str]:
+    """The printout of one method's checks."""
+    lines = []
+    r, d = entry.get("randomization"), entry.get("deletion")
+    if r:
+        und = f", {r['undefined']} inputs with a constant map counted as 0" if r["undefined"] else ""
+        lines.append(f"  model randomization: Spearman rho {r['rho']:.3f} between trained and re-initialized "
+                     f"weights (passes when |rho| < {r['threshold']}{und}): "
+                     f"{'passed' if r['passed'] else 'FAILED its sanity check'}")
+    if d:
+        lines.append(f"  deletion: area {d['area']:.3f} vs {d['random_area']:.3f} for random pixel orders "
+                     f"(passes when lower): {'passed' if d['passed'] else 'FAILED its sanity check'}")
+    return lines
+
+
+# --- the report's section ------------------------------------------------------------------------
+def report_section(run_path: Path | str, per_method: int = 4) -> str:
+    """HTML for report.html from RUN/explain/explain.json, or "" when there is none: a table of the
+    checks per method (a failing method marked "failed its sanity check") and its first PNGs."""
+    from .report_parts import esc, figure, fixed_digits, table
+
+    folder = Path(run_path) / "explain"
+    try:
+        doc = json.loads((folder / "explain.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    methods = doc.get("methods") if isinstance(doc, dict) else None
+    if not isinstance(methods, dict) or not methods:
+        return ""
+    rows, figs, failed = [], [], set()
+    for i, (name, e) in enumerate(methods.items()):
+        if not isinstance(e, dict):
+            continue
+        r, d = e.get("randomization") or {}, e.get("deletion") or {}
+        ok = bool(r.get("passed")) and bool(d.get("passed"))
+        if r and d and not ok:
+            failed.add(i)
+        verdict = "passed" if ok else "failed its sanity check" if r and d else "not checked"
+        rows.append([esc(name), fixed_digits(r.get("rho")), esc("passed" if r.get("passed") else "failed" if r else ""),
+                     fixed_digits(d.get("area")), fixed_digits(d.get("random_area")),
+                     esc("passed" if d.get("passed") else "failed" if d else ""), esc(verdict)])
+        for rec in (e.get("inputs") or [])[:per_method]:
+            f = folder / str(rec.get("png", ""))
+            if f.is_file() and f.parent == folder:
+                figs.append(figure(f.read_bytes(), f"{name}: {rec.get('input')}, predicted {rec.get('predicted')} "
+                                                   f"({fixed_digits(rec.get('probability'))})"))
+    thr = doc.get("rho_threshold", RHO_THRESHOLD)
+    return ('<section id="explain"><h2>Attributions</h2>'
+            f"<p>From <code>deepstep explain</code>. Model randomization: Spearman rank correlation between "
+            f"the attributions of the trained model and of re-initialized weights (a map that explains the "
+            f"model changes: passes when |rho| &lt; {esc(thr)}). Deletion: mean probability of the target "
+            f"class while the most attributed 0-50 % of pixels are blanked, against random orders (passes "
+            f"when lower).</p>"
+            + table(["method", "rho", "randomization", "deletion area", "random area", "deletion", "verdict"],
+                    rows, failed)
+            + (f'<div class="figs">{"".join(figs)}</div>' if figs else "") + "</section>")

@@ -1,0 +1,137 @@
+"""deepstep explain: Captum attributions of image classifiers and their two honesty checks
+(plugins/explain.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepstep.config import load_config
+from deepstep.engine.fit import fit
+from deepstep.engine.run import Run
+from deepstep.plugins.explain import (
+    METHODS,
+    RHO_THRESHOLD,
+    attribute,
+    explain,
+    random_model,
+    randomization_check,
+)
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("explain") / "cnn"
+    fit(load_config("digits-cnn", ["train.epochs=4", "train.threads=1"]), run_dir=path, verbose=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_runs(tmp_path_factory):
+    """An MLP classifier (no conv target layer) and an autoencoder (not a classifier), 1 epoch each."""
+    root = tmp_path_factory.mktemp("explain-others")
+    for recipe in ("digits-mlp", "digits-ae"):
+        fit(load_config(recipe, ["train.epochs=1", "train.threads=1"]), run_dir=root / recipe, verbose=0)
+    return root
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_via_the_cli(run_cli, cnn_run, tmp_path, method):
+    out = tmp_path / "ex"
+    r = run_cli("explain", cnn_run, "--method", method, "--out", out, "--n", "3")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((out / "explain.json").read_text())
+    e = doc["methods"][method]
+    assert len(e["inputs"]) == 3 and e["seconds"] >= 0
+    for rec in e["inputs"]:
+        assert (out / rec["png"]).is_file() and str(out / rec["png"]) in r.stdout
+        assert rec["predicted"] in doc["classes"] and rec["true"] in doc["classes"]
+    assert set(e["randomization"]) >= {"rho", "passed", "threshold"} and e["randomization"]["threshold"] == RHO_THRESHOLD
+    d = e["deletion"]
+    assert len(d["curve"]) == len(d["fractions"]) == 6 and d["passed"] == (d["area"] < d["random_area"])
+    assert "model randomization: Spearman rho" in r.stdout and "deletion: area" in r.stdout
+    z = np.load(out / f"explain-{method}.npz")
+    assert z["x"].shape == (3, 1, 8, 8) and z["attributions"].shape == z["x"].shape
+    assert np.isfinite(z["attributions"]).all()
+
+
+def test_saliency_is_the_absolute_input_gradient(cnn_run, tmp_path):
+    run = Run.open(cnn_run)
+    e = explain(run, "saliency", out=tmp_path, n=5, checks=False)
+    z = np.load(tmp_path / "explain-saliency.npz")
+    x = torch.tensor(z["x"], requires_grad=True)
+    model = run.model().eval()
+    out = model(x)
+    out[torch.arange(len(x)), torch.as_tensor(z["target"])].sum().backward()
+    np.testing.assert_allclose(z["attributions"], x.grad.abs().numpy(), rtol=1e-5, atol=1e-7)
+    assert (z["target"] == z["predicted"]).all() and e["target"] == "predicted class"
+
+
+def test_the_randomization_check_can_fail(cnn_run):
+    """A 'method' that ignores the model (the input itself) correlates perfectly across models; saliency
+    of the trained model must change more when its weights are re-initialized."""
+    run = Run.open(cnn_run)
+    x = run.rebuild().data["test"].x[:8].float()
+    model, fresh = run.model().eval(), random_model(run)
+    t = model(x).argmax(1)
+    saliency = randomization_check(lambda m, xx, tt: attribute(m, xx, tt, "saliency"), model, fresh, x, t)
+    broken = randomization_check(lambda m, xx, tt: xx.abs(), model, fresh, x, t)
+    assert broken["rho"] > 0.99 and not broken["passed"]
+    assert saliency["rho"] < broken["rho"]
+    # the re-initialized model really differs from the trained one
+    assert not torch.allclose(model(x), fresh(x))
+
+
+def test_inputs_and_target(run_cli, cnn_run, tmp_path):
+    run = Run.open(cnn_run)
+    raw = np.random.default_rng(0).random((2, 1, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "two.npy", raw)
+    r = run_cli("explain", cnn_run, "two.npy", "--method", "occlusion", "--target", "3", "--out", "ex")
+    assert r.returncode == 0, r.stderr
+    e = json.loads((tmp_path / "ex" / "explain.json").read_text())["methods"]["occlusion"]
+    assert [i["input"] for i in e["inputs"]] == ["two.npy[0]", "two.npy[1]"]
+    assert all(i["target"] == "3" and i["true"] is None for i in e["inputs"])
+    z = np.load(tmp_path / "ex" / "explain-occlusion.npz")
+    np.testing.assert_allclose(z["x"], run.preprocess(raw).numpy(), rtol=1e-6)
+    assert (z["target"] == 3).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "lime"], "Unknown method 'lime'"),
+    (["--method", "saliency", "--target", "cat"], "is not one of this run's classes"),
+    (["--method", "saliency", "--n", "0"], "--n 0"),
+])
+def test_bad_arguments_are_user_errors(run_cli, cnn_run, args, message):
+    r = run_cli("explain", cnn_run, *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_runs_that_cannot_be_explained(run_cli, other_runs):
+    r = run_cli("explain", other_runs / "digits-ae")
+    assert r.returncode == 2 and "does not classify" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("explain", other_runs / "digits-mlp", "--method", "grad-cam")
+    assert r.returncode == 2 and "grad-cam needs a conv model" in r.stderr and "saliency" in r.stderr
+    r = run_cli("explain", other_runs / "digits-mlp", "--method", "all", "--n", "2", "--out", "ex")
+    assert r.returncode == 0, r.stderr
+    assert "grad-cam" not in r.stdout and "integrated-gradients" in r.stdout
+
+
+def test_the_report_shows_the_checks(cnn_run, tmp_path):
+    from deepstep.plugins.explain import report_section
+    from deepstep.plugins.report import write_report
+
+    run = Run.open(cnn_run)
+    explain(run, "saliency", n=2)  # the default folder RUN/explain
+    html = write_report(cnn_run, out=tmp_path / "r.html").read_text()
+    assert 'id="explain"' in html and "saliency: test[0]" in html
+    fake = tmp_path / "fake" / "explain"
+    fake.mkdir(parents=True)
+    (fake / "explain.json").write_text(json.dumps({"methods": {"occlusion": {
+        "randomization": {"rho": 0.9, "passed": False}, "deletion": {"area": 0.2, "random_area": 0.6, "passed": True},
+        "inputs": []}}}))
+    section = report_section(tmp_path / "fake")
+    assert "failed its sanity check" in section and "<tr class=hl>" in section
+    assert report_section(tmp_path) == ""

@@ -83,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("inputs", nargs="*", help="image files or .npy arrays as `deepstep predict` reads them "
                    "(default: the first --n test examples)")
-    s.add_argument("--method", default="saliency", help="saliency, integrated-gradients, occlusion or grad-cam "
-                   "(conv models), or all")
+    s.add_argument("--method", help="saliency (default), integrated-gradients, occlusion or grad-cam (conv "
+                   "models), or all; text runs (lstm, gru, rnn, transformer): integrated-gradients on the "
+                   "token embedding, highlighted in explain.html")
     s.add_argument("--target", help="the class to explain, a name or an index (default: the predicted class)")
     s.add_argument("--out", help="folder for explain.json, the arrays and the PNGs (default RUN/explain)")
     s.add_argument("--n", type=int, default=8, help="without INPUT: how many test examples (default 8)")
@@ -359,11 +360,14 @@ def cmd_explain(args) -> None:
     methods = methods_for(run) if args.method == "all" else [args.method]
     for method in methods:
         e = explain(run, method, inputs=args.inputs or None, target=args.target, out=args.out, n=args.n)
-        print(f"{method} ({e['seconds']:.2f} s for {len(e['inputs'])} inputs, target: {e['target']}):")
+        print(f"{e['method']} ({e['seconds']:.2f} s for {len(e['inputs'])} inputs, target: {e['target']}):")
         for r in e["inputs"]:
             true = f"true {r['true']}, " if r["true"] is not None else ""
-            print(f"  {r['input']}: {true}predicted {r['predicted']} ({r['probability']:.3f}) -> "
-                  f"{Path(e['dir']) / r['png']}")
+            shown = (f"-> {Path(e['dir']) / r['png']}" if "png" in r
+                     else "top tokens: " + ", ".join(r.get("top_tokens", [])))
+            print(f"  {r['input']}: {true}predicted {r['predicted']} ({r['probability']:.3f}) {shown}")
+        if "html" in e:
+            print(f"  token highlights: {Path(e['dir']) / e['html']}")
         for line in summary_lines(e):
             print(line)
     print(f"written: {Path(e['dir']) / 'explain.json'}"

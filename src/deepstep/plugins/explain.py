@@ -50,6 +50,7 @@ DELETION_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 RANDOM_ORDERS = 3
 RANDOM_SEED = 12345
 IG_STEPS = 32
+TEXT_METHODS = ("integrated-gradients",)
 
 
 # --- what can be explained ----------------------------------------------------------------------
@@ -64,15 +65,22 @@ def check_explainable(run) -> None:
     meta = run.meta
     if meta.loss != "cross_entropy" or not meta.classes:
         raise UserError(f"'{run.path}' is a regression run (loss {meta.loss}): `deepstep explain` needs a classifier.")
-    if meta.kind != "image" or len(meta.in_shape) != 3:
-        raise UserError(f"'{run.path}' reads {meta.kind} inputs of shape {tuple(meta.in_shape)}: `deepstep explain` "
-                        "attributes image classifiers (C, H, W) only.")
     if not MODELS.has(name, "classifier"):
         raise UserError(f"Model '{name}' of '{run.path}' is not a classifier (tag 'classifier'): nothing to explain.")
+    if meta.kind == "text":
+        if not isinstance(getattr(run.model(), "embed", None), torch.nn.Embedding):
+            raise UserError(f"Model '{name}' of '{run.path}' has no token embedding `embed` (nn.Embedding): "
+                            "`deepstep explain` attributes text runs of models lstm, gru, rnn and transformer.")
+        return
+    if meta.kind != "image" or len(meta.in_shape) != 3:
+        raise UserError(f"'{run.path}' reads {meta.kind} inputs of shape {tuple(meta.in_shape)}: `deepstep explain` "
+                        "attributes image classifiers (C, H, W) and text classifiers only.")
 
 
 def methods_for(run) -> list[str]:
     """The methods that work for this run's model (grad-cam needs a conv target layer)."""
+    if run.meta.kind == "text":
+        return list(TEXT_METHODS)
     cam = _cam_layer(run.model(), tuple(run.meta.in_shape)) is not None
     return [m for m in METHODS if m != "grad-cam" or cam]
 
@@ -97,7 +105,13 @@ def _cam_layer(model, in_shape):
     return layer if len(probe.get("shape", ())) == 4 else None
 
 
-def resolve_method(method: str, run) -> str:
+def resolve_method(method: str | None, run) -> str:
+    text = run.meta.kind == "text"
+    if method is None:
+        return TEXT_METHODS[0] if text else METHODS[0]
+    if text and method not in TEXT_METHODS:
+        raise UserError(f"Text runs are explained with {', '.join(TEXT_METHODS)} only (Captum's "
+                        f"LayerIntegratedGradients on the token embedding), not '{method}'.")
     if method not in METHODS:
         raise unknown("method", method, METHODS)
     if method == "grad-cam":
@@ -165,17 +179,32 @@ def probabilities(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
         return torch.cat([model(x[i:i + batch]).float().softmax(-1) for i in range(0, len(x), batch)])
 
 
+# --- the two checks (and integrated gradients' completeness) ------------------------------------
+def completeness(full: torch.Tensor, base: torch.Tensor, attributions: torch.Tensor) -> dict:
+    """Integrated gradients' completeness: its attributions should add up to the target logit of the
+    input minus that of the baseline; the gap (here with IG_STEPS steps) says how far the integral's
+    approximation is off, per input, absolute and relative to |logit difference|."""
+    diff = (full - base).double()
+    gap = (attributions.reshape(len(diff), -1).sum(1).double() - diff).abs()
+    rel = gap / diff.abs().clamp(min=1e-6)
+    return {"logit_difference": [round(float(v), 4) for v in diff], "gap": [round(float(v), 4) for v in gap],
+            "max_relative_gap": round(float(rel.max()), 4) if len(rel) else 0.0, "steps": IG_STEPS}
+
+
 # --- the two checks -------------------------------------------------------------------------------
-def randomization_check(attr_fn, model, random_model, x, target) -> dict:
+def randomization_check(attr_fn, model, random_model, x, target, mask: torch.Tensor | None = None) -> dict:
     """Spearman rho between |attributions| of the trained and the re-initialized model, averaged over
-    inputs. `attr_fn(model, x, target) -> attributions`: any method, or a deliberately broken one."""
+    inputs. `attr_fn(model, x, target) -> attributions`: any method, or a deliberately broken one.
+    `mask` (the attributions' shape): the positions compared (text: the real tokens, not padding,
+    whose attribution is 0 for both models and would make any two maps look alike)."""
     from scipy.stats import spearmanr
 
     a = attr_fn(model, x, target).reshape(len(x), -1).abs().numpy()
     b = attr_fn(random_model, x, target).reshape(len(x), -1).abs().numpy()
+    keep = np.ones_like(a, bool) if mask is None else mask.reshape(len(x), -1).numpy().astype(bool)
     rhos, undefined = [], 0
-    for u, v in zip(a, b):
-        if np.ptp(u) == 0 or np.ptp(v) == 0:
+    for u, v in ((u[k], v[k]) for u, v, k in zip(a, b, keep)):
+        if len(u) < 2 or np.ptp(u) == 0 or np.ptp(v) == 0:
             rhos.append(0.0)
             undefined += 1
             continue
@@ -225,7 +254,8 @@ def random_model(run) -> torch.nn.Module:
     cfg, meta = run.cfg, run.meta
     options = reload_options(cfg.model["name"], run.path, {k: v for k, v in cfg.model.items() if k != "name"})
     torch.manual_seed(RANDOM_SEED)
-    m = create_model(cfg.model["name"], tuple(meta.in_shape), meta.num_outputs, **options)
+    vocab = (meta.vocab_size,) if meta.vocab_size else ()  # text: the factory's third data argument
+    m = create_model(cfg.model["name"], tuple(meta.in_shape), meta.num_outputs, *vocab, **options)
     return m.eval()
 
 
@@ -260,7 +290,7 @@ def _png(path: Path, image: np.ndarray, attr: np.ndarray, title: str, method: st
     from .report_parts import figure_png
 
     fig = Figure(figsize=(6.4, 3.5))
-    fig.subplots_adjust(left=0.02, right=0.9, bottom=0.08, top=0.88, wspace=0.08)
+    fig.subplots_adjust(left=0.02, right=0.86, bottom=0.08, top=0.88, wspace=0.08)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ax1.imshow(image, cmap="gray" if image.ndim == 2 else None, interpolation="nearest", vmin=0, vmax=1)
     if signed:
@@ -272,7 +302,7 @@ def _png(path: Path, image: np.ndarray, attr: np.ndarray, title: str, method: st
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_xlabel(label, fontsize=9, labelpad=2)
-    cax = fig.add_axes((0.915, 0.12, 0.02, 0.72))
+    cax = fig.add_axes((0.875, 0.12, 0.02, 0.72))
     fig.colorbar(im, cax=cax).ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=11)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -288,7 +318,7 @@ def _safe(name: str) -> str:
 
 
 # --- the command ----------------------------------------------------------------------------------------
-def explain(run, method: str, inputs: list[str] | None = None, target: str | None = None,
+def explain(run, method: str | None, inputs: list[str] | None = None, target: str | None = None,
             out: Path | str | None = None, n: int = 8, checks: bool = True) -> dict:
     """Attribute `method` for the inputs (default: the first `n` test examples), run the two checks,
     write OUT/explain.json, OUT/explain-<method>.npz and a PNG per input; returns this method's entry."""
@@ -297,8 +327,10 @@ def explain(run, method: str, inputs: list[str] | None = None, target: str | Non
     check_explainable(run)
     if not 1 <= n <= 1000:
         raise UserError(f"--n {n} must be between 1 and 1000.")
-    model = run.model().eval()
     method = resolve_method(method, run)
+    if run.meta.kind == "text":
+        return explain_text(run, inputs=inputs, target=target, out=out, n=n, checks=checks)
+    model = run.model().eval()
     classes = list(run.meta.classes)
     fixed = resolve_target(target, classes)
     x, names, labels = _inputs(run, inputs, n)
@@ -311,6 +343,10 @@ def explain(run, method: str, inputs: list[str] | None = None, target: str | Non
     seconds = time.perf_counter() - start
     entry: dict = {"method": method, "target": "predicted class" if fixed is None else classes[fixed],
                    "seconds": round(seconds, 4), "inputs": []}
+    if method == "integrated-gradients":
+        with torch.no_grad():
+            rows = torch.arange(len(x))
+            entry["completeness"] = completeness(model(x)[rows, t], model(torch.zeros_like(x))[rows, t], attr)
     if checks:
         start = time.perf_counter()
         entry["randomization"] = randomization_check(lambda m, xx, tt: attribute(m, xx, tt, method, blank),
@@ -335,6 +371,12 @@ def explain(run, method: str, inputs: list[str] | None = None, target: str | Non
     buf = io.BytesIO()
     np.savez_compressed(buf, x=x.numpy(), attributions=attr.numpy(), target=t.numpy(), predicted=pred.numpy())
     atomic_write(dest / f"explain-{method}.npz", buf.getvalue())
+    _write_doc(run, dest, method, entry, classes)
+    entry["dir"] = str(dest)
+    return entry
+
+
+def _write_doc(run, dest: Path, method: str, entry: dict, classes: list[str]) -> None:
     doc_path = dest / "explain.json"
     doc = {}
     if doc_path.is_file():
@@ -348,6 +390,150 @@ def explain(run, method: str, inputs: list[str] | None = None, target: str | Non
                 "rho_threshold": RHO_THRESHOLD, "deletion_fractions": list(DELETION_FRACTIONS)})
     doc["methods"][method] = entry
     atomic_write(doc_path, (json.dumps(doc, indent=1) + "\n").encode())
+
+
+# --- text: LayerIntegratedGradients on the token embedding -----------------------------------------
+def attribute_text(model, ids: torch.Tensor, target: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """Per-token attributions (N, T): Integrated Gradients on `model.embed`'s output, from the zero
+    embedding (what the padding id gives) to each token's, summed over the embedding; the padding
+    mask stays the input's. This is what Captum's LayerIntegratedGradients computes, run as Captum's
+    IntegratedGradients on the embedding output: LayerIntegratedGradients runs the model on baseline
+    ids, and a zero-id baseline changes the transformer's length (it drops all-padding columns)."""
+    from captum.attr import IntegratedGradients
+
+    model.eval()
+    out = torch.zeros(ids.shape, dtype=torch.float32)
+    for lo in range(0, len(ids), chunk):
+        x, t = ids[lo:lo + chunk], target[lo:lo + chunk].long()
+        seen = {}
+        h = model.embed.register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("emb", o.detach()))
+        try:
+            with torch.no_grad():
+                model(x)
+        finally:
+            h.remove()
+
+        def forward(emb, x_rep):
+            hook = model.embed.register_forward_hook(lambda m, i, o: emb)  # the scaled embedding instead
+            try:
+                return model(x_rep)
+            finally:
+                hook.remove()
+
+        emb = seen["emb"]
+        a = IntegratedGradients(forward).attribute(emb, baselines=torch.zeros_like(emb), target=t,
+                                                   additional_forward_args=(x,), n_steps=IG_STEPS)
+        out[lo:lo + chunk, : a.shape[1]] = a.sum(-1).detach().float()
+    return out * (ids != 0)
+
+
+def text_deletion_check(model, ids, target, scores, seed: int = 0) -> dict:
+    """The deletion test on tokens: the top 0..50 % of each text's tokens (by attribution) replaced by
+    <unk> (id 1), against random orders."""
+    rng = np.random.default_rng(seed)
+
+    def curve(orders) -> np.ndarray:
+        rows = []
+        for frac in DELETION_FRACTIONS:
+            xd = ids.clone()
+            for i, order in enumerate(orders):
+                k = int(round(frac * len(order)))
+                xd[i, torch.as_tensor(order[:k], dtype=torch.long)] = 1
+            rows.append(probabilities(model, xd)[torch.arange(len(ids)), target].numpy())
+        return np.stack(rows, 1).mean(0)
+
+    real = [np.flatnonzero(r.numpy() != 0) for r in ids]
+    own = curve([p[np.argsort(-sc.numpy()[p], kind="stable")] for p, sc in zip(real, scores)])
+    rand = np.mean([curve([rng.permutation(p) for p in real]) for _ in range(RANDOM_ORDERS)], 0)
+    area, rand_area = float(own.mean()), float(rand.mean())
+    return {"fractions": list(DELETION_FRACTIONS), "curve": [round(float(v), 4) for v in own],
+            "random_curve": [round(float(v), 4) for v in rand], "area": round(area, 4),
+            "random_area": round(rand_area, 4), "passed": bool(area < rand_area), "removed_with": "<unk>"}
+
+
+def _token_html(tokens: list[str], scores: np.ndarray) -> str:
+    from .report_parts import esc
+
+    m = float(np.abs(scores).max()) or 1.0
+    spans = []
+    for tok, sc in zip(tokens, scores):
+        a = min(1.0, abs(float(sc)) / m)
+        color = f"rgba(214,39,40,{a:.2f})" if sc > 0 else f"rgba(31,119,180,{a:.2f})"
+        spans.append(f'<span title="{float(sc):.4f}" style="background:{color}">{esc(tok)}</span>')
+    return " ".join(spans)
+
+
+def explain_text(run, inputs=None, target=None, out=None, n: int = 8, checks: bool = True) -> dict:
+    """Text runs: token attributions, the two checks, OUT/explain.html (tokens highlighted: red for
+    the target class, blue against it), explain.json and explain-integrated-gradients.npz."""
+    from .report_parts import esc
+
+    method = "integrated-gradients"
+    model = run.model().eval()
+    classes = list(run.meta.classes)
+    fixed = resolve_target(target, classes)
+    if inputs:
+        from ..data.text import read_texts
+
+        texts, names, labels = read_texts(list(inputs), run.cfg.data, classes)
+        labels = [classes.index(v) if v in classes else None for v in (labels or [None] * len(texts))]
+    else:
+        texts_all, y = run.rebuild().texts["test"]
+        texts, labels = list(texts_all[:n]), [int(v) for v in np.asarray(y)[:n]]
+        names = [f"test[{i}]" for i in range(len(texts))]
+    ids = run.preprocess(texts).long()
+    probs = probabilities(model, ids)
+    pred = probs.argmax(1)
+    t = pred.clone() if fixed is None else torch.full_like(pred, fixed)
+    start = time.perf_counter()
+    attr = attribute_text(model, ids, t)
+    entry: dict = {"method": method, "target": "predicted class" if fixed is None else classes[fixed],
+                   "seconds": round(time.perf_counter() - start, 4), "inputs": []}
+    with torch.no_grad():
+        rows = torch.arange(len(ids))
+        full = model(ids)[rows, t]
+        h = model.embed.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+        try:
+            base = model(ids)[rows, t]
+        finally:
+            h.remove()
+    entry["completeness"] = completeness(full, base, attr)
+    if checks:
+        start = time.perf_counter()
+        entry["randomization"] = randomization_check(attribute_text, model, random_model(run), ids, t, ids != 0)
+        entry["deletion"] = text_deletion_check(model, ids, t, attr)
+        entry["check_seconds"] = round(time.perf_counter() - start, 4)
+        entry["passed"] = entry["randomization"]["passed"] and entry["deletion"]["passed"]
+    dest = Path(out) if out is not None else run.path / "explain"
+    dest.mkdir(parents=True, exist_ok=True)
+    tok = run.inference().tokenizer
+    rows = []
+    for i, name in enumerate(names):
+        p, ti = int(pred[i]), int(t[i])
+        keep = np.flatnonzero(ids[i].numpy() != 0)
+        tokens = [tok.decode([int(j)]) or "?" for j in ids[i, keep]]
+        true = classes[labels[i]] if labels[i] is not None else None
+        top = [tokens[j] for j in np.argsort(-attr[i, keep].numpy())[:5]]
+        entry["inputs"].append({"input": str(name), "true": true, "predicted": classes[p],
+                                "probability": round(float(probs[i, p]), 4), "target": classes[ti],
+                                "top_tokens": top})
+        head = (f"true {true} / " if true is not None else "") + f"predicted {classes[p]} ({float(probs[i, p]):.3f})"
+        rows.append(f"<h3>{esc(name)}: {esc(head)}; target {esc(classes[ti])}</h3>"
+                    f"<p class=tokens>{_token_html(tokens, attr[i, keep].numpy())}</p>")
+    checks_html = "".join(f"<p>{esc(line.strip())}</p>" for line in summary_lines(entry))
+    html = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"><title>explain</title>'
+            "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;padding:0 1em;line-height:1.9}"
+            "span{padding:1px 2px;border-radius:3px}</style></head><body>"
+            f"<h1>Integrated gradients on the token embedding: {esc(run.path)}</h1>"
+            "<p>Red: evidence for the target class, blue: against it (hover for the value).</p>"
+            f"{checks_html}{''.join(rows)}</body></html>\n")
+    atomic_write(dest / "explain.html", html.encode())
+    entry["html"] = "explain.html"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=ids.numpy(), attributions=attr.numpy(), target=t.numpy(), predicted=pred.numpy())
+    atomic_write(dest / f"explain-{method}.npz", buf.getvalue())
+    _write_doc(run, dest, method, entry, classes)
     entry["dir"] = str(dest)
     return entry
 
@@ -355,14 +541,20 @@ def explain(run, method: str, inputs: list[str] | None = None, target: str | Non
 def summary_lines(entry: dict) -> list[str]:
     """The printout of one method's checks."""
     lines = []
-    r, d = entry.get("randomization"), entry.get("deletion")
+    r, d, c = entry.get("randomization"), entry.get("deletion"), entry.get("completeness")
+    if c:
+        worst = c["max_relative_gap"]
+        lines.append(f"  completeness: attributions add up to the logit difference input - baseline within "
+                     f"{worst:.1%} (worst input, {c['steps']} steps)"
+                     + ("; over 10 %: the integral is poorly approximated for some inputs, treat them with care"
+                        if worst > 0.1 else ""))
     if r:
         und = f", {r['undefined']} inputs with a constant map counted as 0" if r["undefined"] else ""
         lines.append(f"  model randomization: Spearman rho {r['rho']:.3f} between trained and re-initialized "
                      f"weights (passes when |rho| < {r['threshold']}{und}): "
                      f"{'passed' if r['passed'] else 'FAILED its sanity check'}")
     if d:
-        lines.append(f"  deletion: area {d['area']:.3f} vs {d['random_area']:.3f} for random pixel orders "
+        lines.append(f"  deletion: area {d['area']:.3f} vs {d['random_area']:.3f} for random orders "
                      f"(passes when lower): {'passed' if d['passed'] else 'FAILED its sanity check'}")
     return lines
 

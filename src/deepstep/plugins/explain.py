@@ -370,6 +370,11 @@ def explain(run, method: str | None, inputs: list[str] | None = None, target: st
         _png(png, shown[i], attr[i].sum(0).numpy(), title, method, signed)
         entry["inputs"].append({"input": str(name), "true": true, "predicted": classes[p],
                                 "probability": round(float(probs[i, p]), 4), "target": classes[ti], "png": png.name})
+    return _save(run, dest, method, entry, classes, x, attr, t, pred)
+
+
+def _save(run, dest: Path, method: str, entry: dict, classes: list[str], x, attr, t, pred) -> dict:
+    """explain-<method>.npz (inputs, attributions, targets, predictions) and explain.json."""
     buf = io.BytesIO()
     np.savez_compressed(buf, x=x.numpy(), attributions=attr.numpy(), target=t.numpy(), predicted=pred.numpy())
     atomic_write(dest / f"explain-{method}.npz", buf.getvalue())
@@ -534,12 +539,7 @@ def explain_text(run, inputs=None, target=None, out=None, n: int = 8, checks: bo
             f"{checks_html}{''.join(rows)}</body></html>\n")
     atomic_write(dest / "explain.html", html.encode())
     entry["html"] = "explain.html"
-    buf = io.BytesIO()
-    np.savez_compressed(buf, x=ids.numpy(), attributions=attr.numpy(), target=t.numpy(), predicted=pred.numpy())
-    atomic_write(dest / f"explain-{method}.npz", buf.getvalue())
-    _write_doc(run, dest, method, entry, classes)
-    entry["dir"] = str(dest)
-    return entry
+    return _save(run, dest, method, entry, classes, ids, attr, t, pred)
 
 
 def summary_lines(entry: dict) -> list[str]:

@@ -269,3 +269,21 @@ def test_hub_offline_switches_the_hub_off_for_the_block_only(monkeypatch):
     with hub_offline():
         assert hub.HF_HUB_OFFLINE and hub.is_offline_mode()
     assert not hub.HF_HUB_OFFLINE and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_explain_a_bert_run_token_attributions_from_its_directory(bert_run):
+    """The explanations plug-in explained 4 test texts at the end of training; `deepstep explain`
+    then attributes a new sentence from the run directory alone (the pretrained copy is deleted)."""
+    cwd, run, _ = bert_run
+    e = json.loads((run / "explain" / "explain.json").read_text())["methods"]["integrated-gradients"]
+    assert len(e["inputs"]) == 4 and {"randomization", "deletion", "completeness"} <= set(e)
+    first = e["inputs"][0]
+    assert first["tokens"][0] == "[CLS]" and first["tokens"][-1] == "[SEP]"
+    assert len(first["tokens"]) == len(first["scores"])
+    r = cli("explain", run, "the astronaut saw a comet", "--out", "ex", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    z = np.load(cwd / "ex" / "explain-integrated-gradients.npz")
+    ids, attr = z["x"], z["attributions"]
+    assert ids.shape == attr.shape and (attr[ids == 0] == 0).all() and np.abs(attr[ids != 0]).sum() > 0
+    assert "[UNK]" in json.loads((cwd / "ex" / "explain.json").read_text())["methods"][
+        "integrated-gradients"]["inputs"][0]["tokens"]  # "saw" is not in the tiny vocabulary

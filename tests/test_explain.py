@@ -173,4 +173,45 @@ def test_text_runs_token_attributions(run_cli, tmp_path, recipe):
     np.testing.assert_allclose(c["logit_difference"], (full - base).numpy(), atol=2e-3)
     np.testing.assert_allclose(c["gap"], np.abs(attr.sum(1).numpy() - (full - base).numpy()), atol=2e-3)
     r = run_cli("explain", path, "--method", "occlusion")
-    assert r.returncode == 2 and "integrated-gradients only" in r.stderr
+    assert r.returncode == 2 and "integrated-gradients" in r.stderr and "not 'occlusion'" in r.stderr
+    # the explanations plug-in explained 4 test texts at the end of training, for the report
+    auto = json.loads((path / "explain" / "explain.json").read_text())["methods"]
+    assert "integrated-gradients" in auto and 'class="tokens"' in (path / "report.html").read_text()
+    r = run_cli("explain", path, "--method", "attention")
+    if recipe == "fortunes-lstm":
+        assert r.returncode == 2 and "does not return them" in r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    e = json.loads((path / "explain" / "explain.json").read_text())["methods"]["attention"]
+    assert e["randomization"]["passed"] in (True, False) and len(e["deletion"]["curve"]) == 6
+    for rec in e["inputs"]:
+        assert (path / "explain" / rec["png"]).is_file() and len(rec["tokens"]) == len(rec["scores"])
+    z = np.load(path / "explain" / "explain-attention.npz")
+    ids, roll = z["x"], z["attributions"]
+    # attention rollout: each text's scores are a distribution over its real tokens
+    assert (roll >= 0).all() and (roll[ids == 0] == 0).all()
+    np.testing.assert_allclose(roll.sum(1), 1.0, atol=1e-4)
+
+
+def test_every_classification_run_explains_a_few_examples_unless_skipped(tmp_path):
+    """The default plug-in `explanations`: Grad-CAM on 4 test images of a conv run, with both checks,
+    in RUN/explain and in report.html; plugins.skip leaves it out."""
+    fit(load_config("digits-cnn", ["train.epochs=1", "train.threads=1", "data.limit=400"]),
+        run_dir=tmp_path / "a", verbose=0)
+    e = json.loads((tmp_path / "a" / "explain" / "explain.json").read_text())["methods"]["grad-cam"]
+    assert len(e["inputs"]) == 4 and {"randomization", "deletion"} <= set(e)
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert 'id="explain"' in html and "grad-cam: test[0]" in html
+    fit(load_config("digits-cnn", ["train.epochs=1", "train.threads=1", "data.limit=400",
+                                   'plugins.skip=["explanations"]']), run_dir=tmp_path / "b", verbose=0)
+    assert not (tmp_path / "b" / "explain").exists() and (tmp_path / "b" / "report.html").is_file()
+
+
+def test_a_live_run_is_explained_without_moving_its_generator(tmp_path):
+    """The randomization check's fresh weights come from a forked generator: a live run's RNG
+    state is the same after explaining as before."""
+    run = fit(load_config("digits-mlp", ["train.epochs=1", "train.threads=1", 'plugins.skip=["explanations"]']),
+              run_dir=tmp_path / "r", verbose=0)
+    before = torch.random.get_rng_state()
+    explain(run, "saliency", n=2)
+    assert torch.equal(before, torch.random.get_rng_state())

@@ -84,8 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="*", help="image files or .npy arrays as `deepstep predict` reads them "
                    "(default: the first --n test examples)")
     s.add_argument("--method", help="saliency (default), integrated-gradients, occlusion or grad-cam (conv "
-                   "models), or all; text runs (lstm, gru, rnn, transformer): integrated-gradients on the "
-                   "token embedding, highlighted in explain.html")
+                   "models), or all; text runs (lstm, gru, rnn, transformer, bert): integrated-gradients on "
+                   "the token embedding, highlighted in explain.html; transformer also: attention (each "
+                   "layer's attention drawn, tokens scored by attention rollout)")
     s.add_argument("--target", help="the class to explain, a name or an index (default: the predicted class)")
     s.add_argument("--out", help="folder for explain.json, the arrays and the PNGs (default RUN/explain)")
     s.add_argument("--n", type=int, default=8, help="without INPUT: how many test examples (default 8)")

@@ -177,11 +177,14 @@ class TrainConfig:
 @dataclass
 class PluginsConfig:
     use: list[str] = opt([], "plug-ins to add to the run's default ones (see `deepstep list plugins`; CLI: --with NAME)")
+    skip: list[str] = opt([], "default plug-ins to leave out, e.g. [\"explanations\", \"report\"]")
 
     def __post_init__(self):
-        for name in self.use:
-            if not isinstance(name, str) or not name:
-                raise UserError(f"plugins.use = {self.use!r} must be a list of plug-in names, e.g. [\"csv-log\"].")
+        for key in ("use", "skip"):
+            for name in getattr(self, key):
+                if not isinstance(name, str) or not name:
+                    raise UserError(f"plugins.{key} = {getattr(self, key)!r} must be a list of plug-in names, "
+                                    "e.g. [\"csv-log\"].")
 
 
 @dataclass

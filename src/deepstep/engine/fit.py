@@ -61,6 +61,7 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
     """
     t_start = time.perf_counter()
     named = [PLUGINS.get(n) for n in cfg.plugins.use]  # unknown names fail before anything is made
+    skip = {PLUGINS.get(n).name for n in cfg.plugins.skip}
     rd = RunDir(run_dir) if run_dir is not None else None
     # before the runtime seeds the generators, so that a first-use pretraining changes nothing here
     resuming = resume and rd is not None and rd.checkpoint.is_file()
@@ -79,7 +80,7 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         task = task(runtime)
     run = Run(cfg, rd, task=task, runtime=runtime, meta=RunMeta.from_dict({**task.meta, "model": cfg.model}),
               verbose=verbose)
-    chosen = [p for p in _choose(named, plugins) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
+    chosen = [p for p in _choose(named, plugins, skip) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
     loop = Loop(task, runtime, cfg.train.epochs, run, chosen, cfg.train.checkpoint_every, cfg.train.log_every)
     run.loop, run.plugins = loop, loop.plugins
     if resuming:
@@ -124,12 +125,13 @@ def resume(run_dir: Path | str, *, plugins: Sequence = (), verbose: int = 1) -> 
     return fit(cfg, run_dir=rd.path, plugins=plugins, resume=True, verbose=verbose)
 
 
-def _choose(named: list[type[Plugin]], given: Sequence) -> list[Plugin]:
-    """The run's plug-ins: fresh instances of the default ones (registry tag "default") and of
-    those the config names, then the given objects; one per name, a given instance replacing a
-    registered plug-in of the same name (e.g. `BestWeights(patience=3)`)."""
+def _choose(named: list[type[Plugin]], given: Sequence, skip: set[str] = frozenset()) -> list[Plugin]:
+    """The run's plug-ins: fresh instances of the default ones (registry tag "default") except those
+    in `skip` (plugins.skip), and of those the config names, then the given objects; one per name, a
+    given instance replacing a registered plug-in of the same name (e.g. `BestWeights(patience=3)`)."""
     given = [as_plugin(p) for p in given]
-    registered = {cls.name: cls for cls in [PLUGINS.get(n) for n in PLUGINS.tagged("default")] + named}
+    defaults = [PLUGINS.get(n) for n in PLUGINS.tagged("default")]
+    registered = {cls.name: cls for cls in [c for c in defaults if c.name not in skip] + named}
     replaced = {p.name for p in given}
     return [cls() for name, cls in registered.items() if name not in replaced] + given
 

@@ -184,7 +184,8 @@ class Run:
         """What predictions need, from the task class that trained this run (cached)."""
         if self._inference is None:
             self._need_finished("predicting")
-            self._inference = TASKS.get(self.cfg.task).inference(self)
+            with torch.random.fork_rng(devices=[]):  # building the model draws weights: not from the caller's generator
+                self._inference = TASKS.get(self.cfg.task).inference(self)
         return self._inference
 
     def model(self) -> torch.nn.Module:

@@ -1,7 +1,11 @@
-"""Attributions for image classifiers (`deepstep explain RUN`), with two checks of their honesty.
+"""Attributions for image and text classifiers (`deepstep explain RUN`), with two checks of their
+honesty; the default plug-in `explanations` explains 4 test examples of every classification run
+for its report.
 
     explain(run, "saliency")                      the first 8 test images of the run
     explain(run, "grad-cam", inputs=["a.png"])    image files / .npy as `deepstep predict` reads them
+    explain(text_run, "integrated-gradients")     text (lstm, gru, rnn, transformer, bert): per token
+    explain(transformer_run, "attention")         each layer's attention drawn, tokens by attention rollout
 
 Methods (Captum): `saliency` (|d logit / d input|), `integrated-gradients` (baseline: zeros in
 normalized space, i.e. the training mean image; 32 steps), `occlusion` (a window of about 1/7 of
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -40,9 +45,11 @@ import numpy as np
 import torch
 
 from ..engine.checkpoint import atomic_write
+from ..engine.plugin import Plugin
+from ..engine.runtime import evaluating
 from ..errors import UserError, unknown
 from ..models.layers import create_model, reload_options
-from ..registry import MODELS, TASKS
+from ..registry import MODELS, PLUGINS, TASKS
 
 METHODS = ("saliency", "integrated-gradients", "occlusion", "grad-cam")
 RHO_THRESHOLD = 0.5
@@ -50,7 +57,7 @@ DELETION_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 RANDOM_ORDERS = 3
 RANDOM_SEED = 12345
 IG_STEPS = 32
-TEXT_METHODS = ("integrated-gradients",)
+TEXT_METHODS = ("integrated-gradients",)  # and "attention" for models that return attention weights
 
 
 # --- what can be explained ----------------------------------------------------------------------
@@ -68,19 +75,47 @@ def check_explainable(run) -> None:
     if not MODELS.has(name, "classifier"):
         raise UserError(f"Model '{name}' of '{run.path}' is not a classifier (tag 'classifier'): nothing to explain.")
     if meta.kind == "text":
-        if not isinstance(getattr(run.model(), "embed", None), torch.nn.Embedding):
-            raise UserError(f"Model '{name}' of '{run.path}' has no token embedding `embed` (nn.Embedding): "
-                            "`deepstep explain` attributes text runs of models lstm, gru, rnn and transformer.")
+        if token_embedding(run.model()) is None:
+            raise UserError(f"Model '{name}' of '{run.path}' has no token embedding (nn.Embedding): "
+                            "`deepstep explain` attributes text runs of models lstm, gru, rnn, transformer "
+                            "and bert.")
         return
     if meta.kind != "image" or len(meta.in_shape) != 3:
         raise UserError(f"'{run.path}' reads {meta.kind} inputs of shape {tuple(meta.in_shape)}: `deepstep explain` "
                         "attributes image classifiers (C, H, W) and text classifiers only.")
 
 
+def token_embedding(model) -> torch.nn.Embedding | None:
+    """A text model's token embedding: our models' `embed`, or a Hugging Face encoder's input
+    embeddings (BERT's word embeddings); None when it has neither."""
+    emb = getattr(model, "embed", None)
+    if isinstance(emb, torch.nn.Embedding):
+        return emb
+    get = getattr(getattr(model, "encoder", None), "get_input_embeddings", None)
+    emb = get() if callable(get) else None
+    return emb if isinstance(emb, torch.nn.Embedding) else None
+
+
+def cpu_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model in evaluation mode on the CPU, where the attributions are computed: itself, or a
+    copy when it lives on a GPU (a live run's model stays where training left it)."""
+    import copy
+
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()
+    return model.eval()
+
+
+def has_attention(model) -> bool:
+    """Whether the model hands out its attention weights (models/transformer.py: `attention(x)`)."""
+    return callable(getattr(model, "attention", None)) and getattr(model, "tokens", False)
+
+
 def methods_for(run) -> list[str]:
-    """The methods that work for this run's model (grad-cam needs a conv target layer)."""
+    """The methods that work for this run's model (grad-cam needs a conv target layer, attention a
+    model that returns its attention weights)."""
     if run.meta.kind == "text":
-        return list(TEXT_METHODS)
+        return list(TEXT_METHODS) + (["attention"] if has_attention(run.model()) else [])
     cam = _cam_layer(run.model(), tuple(run.meta.in_shape)) is not None
     return [m for m in METHODS if m != "grad-cam" or cam]
 
@@ -109,9 +144,16 @@ def resolve_method(method: str | None, run) -> str:
     text = run.meta.kind == "text"
     if method is None:
         return TEXT_METHODS[0] if text else METHODS[0]
+    if text and method == "attention":
+        if not has_attention(run.model()):
+            raise UserError(f"--method attention draws a Transformer's attention weights; model "
+                            f"'{run.cfg.model['name']}' of '{run.path}' does not return them (models: "
+                            "transformer). Use integrated-gradients.")
+        return method
     if text and method not in TEXT_METHODS:
-        raise UserError(f"Text runs are explained with {', '.join(TEXT_METHODS)} only (Captum's "
-                        f"LayerIntegratedGradients on the token embedding), not '{method}'.")
+        raise UserError(f"Text runs are explained with {', '.join(TEXT_METHODS)} (Captum's "
+                        f"LayerIntegratedGradients on the token embedding) or, for the transformer, "
+                        f"attention; not '{method}'.")
     if method not in METHODS:
         raise unknown("method", method, METHODS)
     if method == "grad-cam":
@@ -253,9 +295,10 @@ def random_model(run) -> torch.nn.Module:
     """The run's architecture with fresh weights (seed 12345), built as the task's inference builds it."""
     cfg, meta = run.cfg, run.meta
     options = reload_options(cfg.model["name"], run.path, {k: v for k, v in cfg.model.items() if k != "name"})
-    torch.manual_seed(RANDOM_SEED)
     vocab = (meta.vocab_size,) if meta.vocab_size else ()  # text: the factory's third data argument
-    m = create_model(cfg.model["name"], tuple(meta.in_shape), meta.num_outputs, *vocab, **options)
+    with torch.random.fork_rng(devices=[]):  # the caller's generator (a live run's) is left as it was
+        torch.manual_seed(RANDOM_SEED)
+        m = create_model(cfg.model["name"], tuple(meta.in_shape), meta.num_outputs, *vocab, **options)
     return m.eval()
 
 
@@ -329,8 +372,8 @@ def explain(run, method: str | None, inputs: list[str] | None = None, target: st
         raise UserError(f"--n {n} must be between 1 and 1000.")
     method = resolve_method(method, run)
     if run.meta.kind == "text":
-        return explain_text(run, inputs=inputs, target=target, out=out, n=n, checks=checks)
-    model = run.model().eval()
+        return explain_text(run, inputs=inputs, target=target, out=out, n=n, checks=checks, method=method)
+    model = cpu_model(run.model())
     classes = list(run.meta.classes)
     fixed = resolve_target(target, classes)
     x, names, labels = _inputs(run, inputs, n)
@@ -409,11 +452,12 @@ def attribute_text(model, ids: torch.Tensor, target: torch.Tensor, chunk: int = 
     from captum.attr import IntegratedGradients
 
     model.eval()
+    embed = token_embedding(model)
     out = torch.zeros(ids.shape, dtype=torch.float32)
     for lo in range(0, len(ids), chunk):
         x, t = ids[lo:lo + chunk], target[lo:lo + chunk].long()
         seen = {}
-        h = model.embed.register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("emb", o.detach()))
+        h = embed.register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("emb", o.detach()))
         try:
             with torch.no_grad():
                 model(x)
@@ -421,7 +465,7 @@ def attribute_text(model, ids: torch.Tensor, target: torch.Tensor, chunk: int = 
             h.remove()
 
         def forward(emb, x_rep):
-            hook = model.embed.register_forward_hook(lambda m, i, o: emb)  # the scaled embedding instead
+            hook = embed.register_forward_hook(lambda m, i, o: emb)  # the scaled embedding instead
             try:
                 return model(x_rep)
             finally:
@@ -431,12 +475,16 @@ def attribute_text(model, ids: torch.Tensor, target: torch.Tensor, chunk: int = 
         a = IntegratedGradients(forward).attribute(emb, baselines=torch.zeros_like(emb), target=t,
                                                    additional_forward_args=(x,), n_steps=IG_STEPS)
         out[lo:lo + chunk, : a.shape[1]] = a.sum(-1).detach().float()
-    return out * (ids != 0)
+    return out * (ids != pad_id(model))
 
 
-def text_deletion_check(model, ids, target, scores, seed: int = 0) -> dict:
+def pad_id(model) -> int:
+    return int(getattr(model, "pad_id", 0))
+
+
+def text_deletion_check(model, ids, target, scores, seed: int = 0, unk: int = 1, pad: int = 0) -> dict:
     """The deletion test on tokens: the top 0..50 % of each text's tokens (by attribution) replaced by
-    <unk> (id 1), against random orders."""
+    the unknown token (`unk`: id 1 for deepstep's tokenizer, [UNK] for BERT's), against random orders."""
     rng = np.random.default_rng(seed)
 
     def curve(orders) -> np.ndarray:
@@ -445,11 +493,11 @@ def text_deletion_check(model, ids, target, scores, seed: int = 0) -> dict:
             xd = ids.clone()
             for i, order in enumerate(orders):
                 k = int(round(frac * len(order)))
-                xd[i, torch.as_tensor(order[:k], dtype=torch.long)] = 1
+                xd[i, torch.as_tensor(order[:k], dtype=torch.long)] = unk
             rows.append(probabilities(model, xd)[torch.arange(len(ids)), target].numpy())
         return np.stack(rows, 1).mean(0)
 
-    real = [np.flatnonzero(r.numpy() != 0) for r in ids]
+    real = [np.flatnonzero(r.numpy() != pad) for r in ids]
     own = curve([p[np.argsort(-sc.numpy()[p], kind="stable")] for p, sc in zip(real, scores)])
     rand = np.mean([curve([rng.permutation(p) for p in real]) for _ in range(RANDOM_ORDERS)], 0)
     area, rand_area = float(own.mean()), float(rand.mean())
@@ -458,7 +506,7 @@ def text_deletion_check(model, ids, target, scores, seed: int = 0) -> dict:
             "random_area": round(rand_area, 4), "passed": bool(area < rand_area), "removed_with": "<unk>"}
 
 
-def _token_html(tokens: list[str], scores: np.ndarray) -> str:
+def token_html(tokens: list[str], scores: np.ndarray) -> str:
     from .report_parts import esc
 
     m = float(np.abs(scores).max()) or 1.0
@@ -470,13 +518,77 @@ def _token_html(tokens: list[str], scores: np.ndarray) -> str:
     return " ".join(spans)
 
 
-def explain_text(run, inputs=None, target=None, out=None, n: int = 8, checks: bool = True) -> dict:
-    """Text runs: token attributions, the two checks, OUT/explain.html (tokens highlighted: red for
-    the target class, blue against it), explain.json and explain-integrated-gradients.npz."""
+def attention_rollout(model, ids: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-token scores (N, T) from a Transformer's attention (Abnar and Zuidema 2020, "Quantifying
+    attention flow in transformers"): each layer's weights averaged over heads, the residual path added
+    as 0.5 I + 0.5 A, the layers multiplied from the input up; the pooled output's row (the [CLS]
+    position, or the mean of the real positions for mean pooling) then says how much each input token
+    flows into what the head reads. `target` is unused (attention does not depend on the class); it is
+    there so the checks can call every text method alike."""
+    out = torch.zeros(ids.shape, dtype=torch.float32)
+    with torch.no_grad(), evaluating(model):
+        maps = model.attention(ids)  # L x (N, heads, T', T')
+    roll = None
+    for w in maps:
+        a = w.float().mean(1)
+        a = 0.5 * a + 0.5 * torch.eye(a.shape[-1])
+        a = a / a.sum(-1, keepdim=True)
+        roll = a if roll is None else a @ roll
+    cls = getattr(model, "cls", None) is not None
+    if cls:
+        row = roll[:, 0, 1:]
+    else:
+        real = (ids[:, : roll.shape[-1]] != pad_id(model)).float()
+        row = (roll * real[..., None]).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+    out[:, : row.shape[1]] = row
+    return out * (ids != pad_id(model))
+
+
+def _token_strings(tok, ids_row: np.ndarray) -> list[str]:
+    hf = getattr(tok, "hf", None)
+    if hf is not None:  # a pretrained tokenizer: its own pieces, [CLS] and [SEP] included
+        return [str(t) for t in hf.convert_ids_to_tokens([int(j) for j in ids_row])]
+    return [tok.decode([int(j)]) or "?" for j in ids_row]
+
+
+def _unk_id(tok) -> int:
+    hf = getattr(tok, "hf", None)
+    return int(hf.unk_token_id) if hf is not None and hf.unk_token_id is not None else 1
+
+
+def _attention_png(path: Path, maps: list[np.ndarray], tokens: list[str], title: str, limit: int = 32) -> None:
+    """Each layer's attention (heads averaged) over the first `limit` positions, one panel a layer."""
+    from matplotlib.figure import Figure
+
+    from .report_parts import figure_png
+
+    k = min(limit, len(tokens))
+    n = len(maps)
+    fig = Figure(figsize=(0.8 + 3.6 * n, 5.0))
+    fig.subplots_adjust(left=0.8 / (0.8 + 3.6 * n) + 0.03, right=0.98, bottom=0.2, top=0.88, wspace=0.15)
+    for i, m in enumerate(maps):
+        ax = fig.add_subplot(1, n, i + 1)
+        ax.imshow(m[:k, :k], cmap="viridis", interpolation="nearest", vmin=0, vmax=float(m[:k, :k].max()) or 1.0)
+        ax.set_title(f"layer {i + 1}", fontsize=9)
+        ax.set_xticks(range(k), [t[:10] for t in tokens[:k]], rotation=90, fontsize=6)
+        ax.set_yticks(range(k), [t[:10] for t in tokens[:k]] if i == 0 else [""] * k, fontsize=6)
+        ax.set_xlabel("attended position (key)", fontsize=7)
+        if i == 0:
+            ax.set_ylabel("attending position (query)", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, figure_png(fig))
+
+
+def explain_text(run, inputs=None, target=None, out=None, n: int = 8, checks: bool = True,
+                 method: str = "integrated-gradients") -> dict:
+    """Text runs: token attributions (integrated gradients, or attention rollout for
+    `method="attention"`), the two checks, OUT/explain.html (tokens highlighted: red for the target
+    class, blue against it), explain.json and explain-<method>.npz; attention also draws each input's
+    attention maps per layer (a PNG per input)."""
     from .report_parts import esc
 
-    method = "integrated-gradients"
-    model = run.model().eval()
+    model = cpu_model(run.model())
     classes = list(run.meta.classes)
     fixed = resolve_target(target, classes)
     if inputs:
@@ -488,57 +600,74 @@ def explain_text(run, inputs=None, target=None, out=None, n: int = 8, checks: bo
         texts_all, y = run.rebuild().texts["test"]
         texts, labels = list(texts_all[:n]), [int(v) for v in np.asarray(y)[:n]]
         names = [f"test[{i}]" for i in range(len(texts))]
-    ids = run.preprocess(texts).long()
+    ids = run.preprocess(texts).long().cpu()
+    tok = run.inference().tokenizer
+    pad, unk = pad_id(model), _unk_id(tok)
     probs = probabilities(model, ids)
     pred = probs.argmax(1)
     t = pred.clone() if fixed is None else torch.full_like(pred, fixed)
+    attr_fn = attention_rollout if method == "attention" else attribute_text
     import captum.attr  # noqa: F401 - imported before the clock starts
 
     start = time.perf_counter()
-    attr = attribute_text(model, ids, t)
+    attr = attr_fn(model, ids, t)
     entry: dict = {"method": method, "target": "predicted class" if fixed is None else classes[fixed],
                    "seconds": round(time.perf_counter() - start, 4), "inputs": []}
-    with torch.no_grad():
-        rows = torch.arange(len(ids))
-        full = model(ids)[rows, t]
-        h = model.embed.register_forward_hook(lambda m, i, o: torch.zeros_like(o))
-        try:
-            base = model(ids)[rows, t]
-        finally:
-            h.remove()
-    entry["completeness"] = completeness(full, base, attr)
+    if method != "attention":
+        with torch.no_grad():
+            rows = torch.arange(len(ids))
+            full = model(ids)[rows, t]
+            h = token_embedding(model).register_forward_hook(lambda m, i, o: torch.zeros_like(o))
+            try:
+                base = model(ids)[rows, t]
+            finally:
+                h.remove()
+        entry["completeness"] = completeness(full, base, attr)
     if checks:
         start = time.perf_counter()
-        entry["randomization"] = randomization_check(attribute_text, model, random_model(run), ids, t, ids != 0)
-        entry["deletion"] = text_deletion_check(model, ids, t, attr)
+        entry["randomization"] = randomization_check(attr_fn, model, random_model(run), ids, t, ids != pad)
+        entry["deletion"] = text_deletion_check(model, ids, t, attr, unk=unk, pad=pad)
         entry["check_seconds"] = round(time.perf_counter() - start, 4)
         entry["passed"] = entry["randomization"]["passed"] and entry["deletion"]["passed"]
     dest = Path(out) if out is not None else run.path / "explain"
     dest.mkdir(parents=True, exist_ok=True)
-    tok = run.inference().tokenizer
+    maps = model.attention(ids) if method == "attention" else None
     rows = []
     for i, name in enumerate(names):
         p, ti = int(pred[i]), int(t[i])
-        keep = np.flatnonzero(ids[i].numpy() != 0)
-        tokens = [tok.decode([int(j)]) or "?" for j in ids[i, keep]]
+        keep = np.flatnonzero(ids[i].numpy() != pad)
+        tokens = _token_strings(tok, ids[i, keep].numpy())
+        scores = attr[i, keep].numpy()
         true = classes[labels[i]] if labels[i] is not None else None
-        top = [tokens[j] for j in np.argsort(-attr[i, keep].numpy())[:5]]
-        entry["inputs"].append({"input": str(name), "true": true, "predicted": classes[p],
-                                "probability": round(float(probs[i, p]), 4), "target": classes[ti],
-                                "top_tokens": top})
+        top = [tokens[j] for j in np.argsort(-scores)[:5]]
+        rec = {"input": str(name), "true": true, "predicted": classes[p],
+               "probability": round(float(probs[i, p]), 4), "target": classes[ti], "top_tokens": top,
+               "tokens": tokens, "scores": [round(float(v), 5) for v in scores]}
         head = (f"true {true} / " if true is not None else "") + f"predicted {classes[p]} ({float(probs[i, p]):.3f})"
+        if maps is not None:  # positions of the maps: [CLS] first when the model has one
+            off = 1 if getattr(model, "cls", None) is not None else 0
+            idx = np.concatenate([np.arange(off), keep + off]).astype(int)
+            layer_maps = [m[i].float().mean(0).numpy()[np.ix_(idx, idx)] for m in maps]
+            png = dest / f"{i:02d}-{_safe(name)}-attention.png"
+            _attention_png(png, layer_maps, (["[CLS]"] if off else []) + tokens, f"{name}: {head}")
+            rec["png"] = png.name
+        entry["inputs"].append(rec)
         rows.append(f"<h3>{esc(name)}: {esc(head)}; target {esc(classes[ti])}</h3>"
-                    f"<p class=tokens>{_token_html(tokens, attr[i, keep].numpy())}</p>")
+                    f"<p class=tokens>{token_html(tokens, scores)}</p>")
     checks_html = "".join(f"<p>{esc(line.strip())}</p>" for line in summary_lines(entry))
+    what = ("Attention rollout (the [CLS] position's attention, layers multiplied)" if method == "attention"
+            else "Integrated gradients on the token embedding")
+    colours = ("Darker: more attention flows from the token into the pooled output." if method == "attention"
+               else "Red: evidence for the target class, blue: against it (hover for the value).")
     html = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1"><title>explain</title>'
             "<style>body{font-family:sans-serif;max-width:60em;margin:1em auto;padding:0 1em;line-height:1.9}"
             "span{padding:1px 2px;border-radius:3px}</style></head><body>"
-            f"<h1>Integrated gradients on the token embedding: {esc(run.path)}</h1>"
-            "<p>Red: evidence for the target class, blue: against it (hover for the value).</p>"
+            f"<h1>{esc(what)}: {esc(run.path)}</h1><p>{esc(colours)}</p>"
             f"{checks_html}{''.join(rows)}</body></html>\n")
-    atomic_write(dest / "explain.html", html.encode())
-    entry["html"] = "explain.html"
+    page = "explain.html" if method == "integrated-gradients" else f"explain-{method}.html"
+    atomic_write(dest / page, html.encode())
+    entry["html"] = page
     return _save(run, dest, method, entry, classes, ids, attr, t, pred)
 
 
@@ -577,7 +706,7 @@ def report_section(run_path: Path | str, per_method: int = 2) -> str:
     methods = doc.get("methods") if isinstance(doc, dict) else None
     if not isinstance(methods, dict) or not methods:
         return ""
-    rows, figs, failed = [], [], set()
+    rows, figs, texts, failed = [], [], [], set()
     for i, (name, e) in enumerate(methods.items()):
         if not isinstance(e, dict):
             continue
@@ -590,17 +719,71 @@ def report_section(run_path: Path | str, per_method: int = 2) -> str:
                      fixed_digits(d.get("area")), fixed_digits(d.get("random_area")),
                      esc("passed" if d.get("passed") else "failed" if d else ""), esc(verdict)])
         for rec in (e.get("inputs") or [])[:per_method]:
+            if not isinstance(rec, dict):
+                continue
+            caption = (f"{name}: {rec.get('input')}, predicted {rec.get('predicted')} "
+                       f"({fixed_digits(rec.get('probability'))})")
             f = folder / str(rec.get("png", ""))
-            if f.is_file() and f.parent == folder:
-                figs.append(figure(f.read_bytes(), f"{name}: {rec.get('input')}, predicted {rec.get('predicted')} "
-                                                   f"({fixed_digits(rec.get('probability'))})"))
+            if rec.get("png") and f.is_file() and f.parent == folder:
+                figs.append(figure(f.read_bytes(), caption))
+            tokens, scores = rec.get("tokens"), rec.get("scores")
+            if isinstance(tokens, list) and isinstance(scores, list) and len(tokens) == len(scores):
+                try:
+                    marked = token_html([str(t) for t in tokens], np.asarray(scores, dtype=float))
+                except (TypeError, ValueError):
+                    continue
+                texts.append(f'<p class="tokens"><b>{esc(caption)}</b><br>{marked}</p>')
     thr = doc.get("rho_threshold", RHO_THRESHOLD)
     return ('<section id="explain"><h2>Attributions</h2>'
-            f"<p>From <code>deepstep explain</code>. Model randomization: Spearman rank correlation between "
+            f"<p>From the run's <code>explanations</code> plug-in and <code>deepstep explain</code>. Model randomization: Spearman rank correlation between "
             f"the attributions of the trained model and of re-initialized weights (a map that explains the "
             f"model changes: passes when |rho| &lt; {esc(thr)}). Deletion: mean probability of the target "
             f"class while the most attributed 0-50 % of pixels are blanked, against random orders (passes "
-            f"when lower).</p>"
+            f"when lower).{' Text: tokens red for the target class, blue against it.' if texts else ''}</p>"
             + table(["method", "rho", "randomization", "deletion area", "random area", "deletion", "verdict"],
                     rows, failed)
-            + (f'<div class="figs">{"".join(figs)}</div>' if figs else "") + "</section>")
+            + (f'<div class="figs">{"".join(figs)}</div>' if figs else "") + "".join(texts) + "</section>")
+
+
+# --- every classification run: a few explanations in its report -----------------------------------
+AUTO_EXAMPLES = 4  # 2 for models over BIG_MODEL parameters (a fine-tuned BERT: ~10 s an input)
+BIG_MODEL = 5_000_000
+
+
+def default_method(run) -> str:
+    """What the report shows: Grad-CAM for conv models, saliency for other image models, integrated
+    gradients on the token embedding for text."""
+    if run.meta.kind == "text":
+        return "integrated-gradients"
+    return "grad-cam" if "grad-cam" in methods_for(run) else "saliency"
+
+
+@PLUGINS.register("explanations", tags=("default",))
+class Explanations(Plugin):
+    """At the end of a classification run, explains 4 test examples (2 for models over 5M parameters; Grad-CAM on conv models, saliency on other image models, integrated gradients per token on text) with both sanity checks, into RUN/explain, which report.html shows; `deepstep explain` does more. Leave it out with plugins.skip = ["explanations"]."""
+
+    name = "explanations"
+    order = 80  # after the files the report reads, before the report (90)
+
+    def applies_to(self, run) -> bool:
+        return (run.dir is not None and TASKS.has(run.cfg.task, "predict")
+                and MODELS.has(run.cfg.model.get("name", ""), "classifier"))
+
+    def on_finish(self, run, summary: dict) -> None:
+        start = time.perf_counter()
+        try:
+            check_explainable(run)
+        except UserError:
+            return  # a regression run, series inputs: nothing this plug-in explains
+        method = default_method(run)
+        big = sum(p.numel() for p in run.model().parameters()) > BIG_MODEL
+        try:
+            e = explain(run, method, n=AUTO_EXAMPLES // 2 if big else AUTO_EXAMPLES)
+        except Exception as err:  # noqa: BLE001 - an explanation must never cost a finished run its summary
+            print(f"explanations: could not explain {run.path} ({type(err).__name__}: {err}); try "
+                  f"`deepstep explain {run.path}`", file=sys.stderr)
+            return
+        if run.verbose:
+            verdict = "passed" if e.get("passed") else "FAILED"
+            print(f"explanations: {method} on {len(e['inputs'])} test examples, sanity checks {verdict} "
+                  f"({time.perf_counter() - start:.2f} s) -> {e['dir']}")

@@ -235,6 +235,14 @@ def classification(f: RunFiles) -> str:
     return "".join(parts) + "</section>"
 
 
+def _shorten(text: str, limit: int = 280) -> str:
+    """A text for a table cell: at most `limit` characters, a long word cut too (a 1,900-letter
+    chemical name would otherwise fill the page)."""
+    words = [w if len(w) <= 40 else w[:37] + "..." for w in text.split()]
+    out = " ".join(words)
+    return out if len(out) <= limit else out[: limit - 3].rstrip() + "..."
+
+
 def top_losses(f: RunFiles, classes: list[str]) -> str:
     p = f.path / "predictions.npz"
     if not p.is_file():
@@ -256,7 +264,7 @@ def top_losses(f: RunFiles, classes: list[str]) -> str:
         caps.append((name(int(y[i])), name(pred), float(probs[i][pred]), float(loss[n]) if n < len(loss) else math.nan))
     head = "<h3>Highest-loss test examples</h3>"
     if "top_loss_text" in d:
-        texts = [str(t) for t in d["top_loss_text"].reshape(-1)]
+        texts = [_shorten(str(t)) for t in d["top_loss_text"].reshape(-1)]
         rows = [[esc(t), esc(a), esc(b), fmt(pp), fmt(lo)] for t, (a, b, pp, lo) in zip(texts, caps)]
         return head + table(["text", "true", "predicted", "p(predicted)", "loss"], rows, cls="texts", wrap=(0,))
     x = d.get("top_loss_x")

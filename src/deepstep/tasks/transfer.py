@@ -44,10 +44,13 @@ def pretrained_run(recipe: str, overrides: list[str], verbose: int = 1) -> Path:
 
 def with_pretrained(cfg: RunConfig, resuming: bool, verbose: int = 1) -> RunConfig:
     """The config the task is built from. Resuming from a checkpoint: no pretrained weights are read
-    (the checkpoint holds them all). Otherwise `transfer.pretrain` becomes `model.pretrained`."""
+    (the checkpoint holds them all), except that a pretrained tokenizer still comes from
+    model.pretrained. Otherwise `transfer.pretrain` becomes `model.pretrained`."""
     has = "pretrained" in cfg.model
     if resuming:
-        return dataclasses.replace(cfg, model={**cfg.model, "pretrained": ""}) if has else cfg
+        # a pretrained tokenizer (data.tokenizer = "pretrained") is read from model.pretrained: keep it
+        keep = cfg.data.tokenizer == "pretrained"
+        return dataclasses.replace(cfg, model={**cfg.model, "pretrained": ""}) if has and not keep else cfg
     if not cfg.uses("transfer") or not cfg.transfer.pretrain:  # [transfer]: classify and regress runs
         return cfg
     if not has:

@@ -147,6 +147,8 @@ class TrainConfig:
     grad_clip: float = opt(0.0, "clip the global gradient norm to this value (0: off)")
     grad_accum: int = opt(1, "accumulate gradients over this many batches per optimizer step")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    tta: str = opt("", "test-time augmentation of image classifiers in evaluation and predict: '' or 'flip' "
+                       "(the mean output of each image and its mirror image)")
     monitor: str = opt("val/acc", "metric watched by early stopping, best weights and plateau")
     early_stop: int = opt(0, "stop after this many epochs without improvement (0: never)")
     restore_best: bool = opt(True, "end with the weights of the best monitored epoch")
@@ -155,16 +157,26 @@ class TrainConfig:
     seed: int = opt(0, "random seed for splits, initialization, shuffling and dropout")
     deterministic: bool = opt(False, "use deterministic kernels only (slower on GPU)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
-    precision: str = opt("fp32", "fp32 or bf16 (autocast)")
-    channels_last: bool = opt(False, "use channels-last memory format for conv nets")
-    compile: bool = opt(False, "torch.compile the model's forward (the first steps compile; measured in the README)")
-    threads: int = opt(0, "CPU threads for torch (0: torch's default)")
+    precision: str = opt("auto", "auto (bf16 autocast for conv nets where the CPU or GPU runs bf16 natively, "
+                                 "else fp32), fp32 or bf16")
+    channels_last: bool | str = opt("auto", "channels-last memory format for conv nets: true, false or auto "
+                                            "(on with bf16 for 2-D conv nets)")
+    compile: bool = opt(False, "torch.compile the model's forward (the first steps compile; measured in docs/speed.md)")
+    threads: int | str = opt("auto", "CPU threads for torch: a number, 0 (torch's default: every core) or auto "
+                                     "(one thread for small models, every core for big ones; docs/speed.md)")
     cache_features: bool = opt(False, "feature extraction: with a frozen backbone (model.freeze = 'backbone'), "
                                       "encode every split once and train only the head on the cached features")
 
     def __post_init__(self):
-        if self.precision not in ("fp32", "bf16"):
-            raise unknown("precision", self.precision, ("fp32", "bf16"))
+        if self.tta not in ("", "flip"):
+            raise unknown("tta", self.tta, ("", "flip"))
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise unknown("precision", self.precision, ("auto", "fp32", "bf16"))
+        if isinstance(self.channels_last, str) and self.channels_last != "auto":
+            raise UserError(f"train.channels_last = '{self.channels_last}' must be true, false or 'auto'.")
+        if isinstance(self.threads, str) and self.threads != "auto":
+            raise UserError(f"train.threads = '{self.threads}' must be a number of threads (0: torch's default) "
+                            "or 'auto'.")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} = {getattr(self, name)} must be at least 1.")

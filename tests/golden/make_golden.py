@@ -82,7 +82,9 @@ def main() -> int:
                 results = []
                 for i in range(args.repeat):
                     run_dir = Path(runs) / f"{recipe}-{i}"
-                    summary = deepstep.train(recipe, overrides, run_dir=run_dir, verbose=0).summary
+                    # fp32, as tests/test_golden.py runs every case (the default "auto" may pick bf16)
+                    summary = deepstep.train(recipe, overrides + ["train.precision=fp32"], run_dir=run_dir,
+                                             verbose=0).summary
                     versions = versions or summary.get("versions", {})
                     results.append(pinned(summary))
                     print(f"{recipe} run {i + 1}: {json.dumps(results[-1])}", flush=True)

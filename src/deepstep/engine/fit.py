@@ -78,7 +78,9 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         task = TASKS.get(cfg.task)(task_cfg, runtime)
     elif not isinstance(task, Task) and callable(task):
         task = task(runtime)
-    run = Run(cfg, rd, task=task, runtime=runtime, meta=RunMeta.from_dict({**task.meta, "model": cfg.model}),
+    # the task's modules are built: the runtime has resolved "auto" precision and memory format
+    resolved = {"precision": runtime.precision, "channels_last": bool(runtime.channels_last is True)}
+    run = Run(cfg, rd, task=task, runtime=runtime, meta=RunMeta.from_dict({**task.meta, "model": cfg.model, **resolved}),
               verbose=verbose)
     chosen = [p for p in _choose(named, plugins, skip) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
     loop = Loop(task, runtime, cfg.train.epochs, run, chosen, cfg.train.checkpoint_every, cfg.train.log_every)
@@ -99,6 +101,8 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         "train_seconds": round(st.train_seconds, 3),
         "samples_per_second": round(st.samples / st.step_seconds, 1) if st.step_seconds else 0.0,
         "device": runtime.describe(),
+        **resolved,
+        "threads": torch.get_num_threads() if runtime.device.type == "cpu" else 0,
         "world_size": runtime.world_size,
         "seed": cfg.train.seed,
         "versions": versions(),

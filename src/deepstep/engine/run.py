@@ -50,6 +50,8 @@ class RunMeta:
     sizes: dict = field(default_factory=dict)
     vocab_size: int | None = None
     model: dict = field(default_factory=dict)
+    precision: str = "fp32"  # as training resolved train.precision: evaluation and predict run the same way
+    channels_last: bool = False
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -91,13 +93,26 @@ class Inference:
     postprocess: Callable[[torch.Tensor], np.ndarray]
     normalizer: Any = None  # numeric inputs: the run's data.Normalizer
     tokenizer: Any = None  # text runs: the tokenizer saved with the run
+    precision: str = "fp32"  # the run's: predictions take the path of its evaluation
+    channels_last: bool = False
+    tta: str = ""  # "flip": the mean output of the image and its mirror image (train.tta)
+
+    def _forward(self, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+        x = x.to(dev)
+        if self.channels_last and x.ndim == 4 and x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.model(x).float()
+            if self.tta == "flip":
+                out = (out + self.model(x.flip(-1)).float()) / 2
+            return out.cpu()
 
     def predict(self, raw: Any, batch_size: int = 1024) -> np.ndarray:
         x = self.preprocess(raw)
         dev = next(iter(self.model.parameters()), torch.zeros(())).device
         with torch.inference_mode(), evaluating(self.model):
-            out = torch.cat([self.model(x[i:i + batch_size].to(dev)).float().cpu()
-                             for i in range(0, len(x), batch_size)]) if len(x) else self.model(x.to(dev))
+            out = torch.cat([self._forward(x[i:i + batch_size], dev)
+                             for i in range(0, len(x), batch_size)]) if len(x) else self._forward(x, dev)
         return self.postprocess(out)
 
 
@@ -185,7 +200,9 @@ class Run:
         if self._inference is None:
             self._need_finished("predicting")
             with torch.random.fork_rng(devices=[]):  # building the model draws weights: not from the caller's generator
-                self._inference = TASKS.get(self.cfg.task).inference(self)
+                inf = TASKS.get(self.cfg.task).inference(self)
+            inf.precision, inf.channels_last = self.meta.precision, bool(self.meta.channels_last)
+            self._inference = inf
         return self._inference
 
     def model(self) -> torch.nn.Module:
@@ -213,7 +230,8 @@ class Run:
             return self.task
         self._need_finished("rebuilding the task")
         cfg = self.cfg
-        rt = Runtime(device=device, seed=cfg.train.seed, threads=cfg.train.threads)
+        rt = Runtime(device=device, seed=cfg.train.seed, threads=cfg.train.threads, precision=self.meta.precision,
+                     channels_last=bool(self.meta.channels_last))
         task = TASKS.get(cfg.task)(TASKS.get(cfg.task).prepare(cfg, True, 0), rt)
         tensors = self.weights()
         for name, module in task.modules().items():

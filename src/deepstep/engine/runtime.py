@@ -42,6 +42,72 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+# train.threads = "auto": one thread below this many floating-point operations per forward call,
+# every core above (measured: bench/speed.py, docs/speed.md)
+THREADS_FLOPS = 200e6
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a CUDA GPU that supports it (Ampere and later),
+    or a CPU with AVX512-BF16 or AMX-BF16. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def has_conv(model: torch.nn.Module, dims: tuple[int, ...] = (1, 2, 3)) -> bool:
+    kinds = {1: (torch.nn.Conv1d, torch.nn.ConvTranspose1d), 2: (torch.nn.Conv2d, torch.nn.ConvTranspose2d),
+             3: (torch.nn.Conv3d, torch.nn.ConvTranspose3d)}
+    types = tuple(t for d in dims for t in kinds[d])
+    return any(isinstance(m, types) for m in model.modules())
+
+
+def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module) -> str:
+    """train.precision "auto": bf16 autocast for convolutional models on a device that runs bf16
+    natively, fp32 otherwise (MLPs, recurrent nets and Transformers of the recipes' sizes gain
+    nothing from bf16 on a CPU: measured in docs/speed.md)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) and has_conv(model) else "fp32"
+
+
+def resolve_channels_last(channels_last, precision: str, model: torch.nn.Module) -> bool:
+    """train.channels_last "auto": on for 2-D convolutional models under bf16 (where oneDNN's
+    channels-last kernels are the fast ones), off otherwise, so fp32 stays bit-identical."""
+    if channels_last != "auto":
+        return bool(channels_last)
+    return precision == "bf16" and has_conv(model, (2,))
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_for(flops: float, cores: int) -> int:
+    """train.threads = "auto": one thread for a forward call under THREADS_FLOPS (a small model or
+    batch: thread synchronisation costs more than it saves, and a second thread on a busy core
+    stalls every operation), every usable core otherwise."""
+    return 1 if flops < THREADS_FLOPS else max(1, cores)
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -79,10 +145,12 @@ class Runtime:
 
     Args:
         device: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.
-        precision: 'fp32' or 'bf16' (autocast; parameters stay fp32).
+        precision: 'fp32', 'bf16' (autocast; parameters stay fp32) or 'auto' (resolve_precision:
+            bf16 for conv models where the device runs bf16 natively).
         seed: seeds python, numpy and torch.
         deterministic: deterministic kernels only.
-        threads: CPU threads (0 keeps torch's default).
+        threads: CPU threads (0 keeps torch's default; 'auto': threads_for at the first forward).
+        channels_last: True, False or 'auto' (resolve_channels_last).
 
     Under `torchrun` (WORLD_SIZE > 1) it joins the process group (NCCL on GPUs, gloo on CPU);
     tasks then shard each batch by `rank` and average gradients with DDP.
@@ -94,10 +162,13 @@ class Runtime:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(device)
-        self.precision = precision
-        self.channels_last = channels_last
+        self.precision = precision  # "auto" is resolved by the first module() (resolve_precision)
+        self.channels_last = channels_last  # the same ("auto": resolve_channels_last)
         self.seed = seed
-        if threads:
+        # "auto": chosen at the first forward call (threads_for), which counts its operations
+        self.threads_pending = threads == "auto" and self.device.type == "cpu"
+        self.flops_per_call = 0.0
+        if isinstance(threads, int) and threads:
             torch.set_num_threads(threads)
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
@@ -135,6 +206,10 @@ class Runtime:
         `ddp`: modules with trainable parameters that every rank updates), compile its forward
         when asked, and return the `RuntimeModule` that runs it under this runtime's precision."""
         model = unwrap(model).to(self.device)
+        if self.precision == "auto":  # the run's first module decides for the run
+            self.precision = resolve_precision(self.precision, self.device, model)
+        if self.channels_last == "auto":
+            self.channels_last = resolve_channels_last(self.channels_last, self.precision, model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         inner: torch.nn.Module = model
@@ -144,6 +219,22 @@ class Runtime:
         if self.compile:
             inner = torch.compile(inner)
         return RuntimeModule(model, inner, self)
+
+    def choose_threads(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """train.threads = "auto": count the floating-point operations of one forward call like the
+        first one (torch's FlopCounterMode; evaluation mode, no gradient, the random generators
+        restored, so nothing of the run changes) and set the thread count by `threads_for`."""
+        self.threads_pending = False
+        from torch.utils.flop_counter import FlopCounterMode
+
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad(), evaluating(model), \
+                    FlopCounterMode(display=False) as counter, self.autocast():
+                model(*self.prepare(args), **kwargs)
+            self.flops_per_call = float(counter.get_total_flops())
+        except Exception:  # noqa: BLE001 - an op the counter cannot follow: assume a big model
+            self.flops_per_call = float("inf")
+        torch.set_num_threads(threads_for(self.flops_per_call, usable_cores()))
 
     def prepare(self, args: tuple) -> tuple:
         """Inputs as the model wants them: 4-D float tensors in channels_last when asked."""
@@ -175,9 +266,11 @@ class Runtime:
 
     def describe(self) -> str:
         if self.device.type == "cuda":
-            return f"cuda ({torch.cuda.get_device_name(self.device)})"
+            return f"cuda ({torch.cuda.get_device_name(self.device)}{', bf16' if self.precision == 'bf16' else ''})"
         n = torch.get_num_threads()
-        return f"{self.device.type} ({n} thread{'' if n == 1 else 's'})"
+        parts = ["threads auto" if self.threads_pending else f"{n} thread{'' if n == 1 else 's'}"]
+        parts += (["bf16"] if self.precision == "bf16" else []) + (["channels_last"] if self.channels_last is True else [])
+        return f"{self.device.type} ({', '.join(parts)})"
 
 
 class RuntimeModule(torch.nn.Module):
@@ -200,6 +293,8 @@ class RuntimeModule(torch.nn.Module):
         object.__setattr__(self, "_direct", runtime.precision != "bf16" and not runtime.channels_last)
 
     def __call__(self, *args, **kwargs):  # hooks belong on the model, so skip nn.Module's dispatch here
+        if self._rt.threads_pending:
+            self._rt.choose_threads(self._plain, args, kwargs)
         if self._direct:
             return self._inner(*args, **kwargs)
         return self.forward(*args, **kwargs)

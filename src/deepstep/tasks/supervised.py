@@ -142,6 +142,13 @@ class Supervised:
         check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
+        if cfg.train.tta and arrays.kind != "image":
+            raise UserError(f"train.tta = '{cfg.train.tta}' flips images; data '{cfg.data.name}' holds "
+                            f"{arrays.kind} inputs. Set train.tta = ''.")
+        if cfg.train.tta and cfg.train.cache_features:
+            raise UserError("train.tta flips the images, but train.cache_features trains the head on features "
+                            "computed once: use one of the two.")
+        self.tta = cfg.train.tta
         if cfg.train.cache_features:
             self.encode, self._head = self._feature_head(model, stream)
         n_train = len(self.data["train"]) // runtime.world_size
@@ -233,7 +240,8 @@ class Supervised:
                              tokenizer=tokenizer)
         norm = Normalizer(meta.normalizer["mean"], meta.normalizer["std"], meta.normalizer["kind"])
         return Inference(model, lambda x: norm(torch.as_tensor(np.asarray(x), dtype=torch.float32)),
-                         lambda out: (out.softmax(-1) if probs else out).numpy(), normalizer=norm)
+                         lambda out: (out.softmax(-1) if probs else out).numpy(), normalizer=norm,
+                         tta=cfg.train.tta if meta.kind == "image" else "")
 
     # --- the loop's protocol -------------------------------------------------------------
     def modules(self) -> dict:
@@ -272,7 +280,7 @@ class Supervised:
     def outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Model outputs for normalized inputs, in evaluation batches (float32)."""
         bs = self.cfg.train.eval_batch_size
-        return torch.cat([self.net(x[i:i + bs]).float() for i in range(0, len(x), bs)])
+        return torch.cat([tta_forward(self.net, x[i:i + bs], self.tta) for i in range(0, len(x), bs)])
 
     def predictions(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Outputs and targets of a whole split (streamed parts are read batch by batch)."""
@@ -297,6 +305,15 @@ class Supervised:
     def load_state_dict(self, state: dict) -> None:
         unwrap(self.model).load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
+
+
+def tta_forward(net, x: torch.Tensor, tta: str = "") -> torch.Tensor:
+    """Outputs (float32) for a batch; with train.tta = "flip", the mean of the outputs for the
+    images and their mirror images (test-time augmentation, as airbench averages logits)."""
+    out = net(x).float()
+    if tta == "flip":
+        out = (out + net(x.flip(-1)).float()) / 2
+    return out
 
 
 def loss_fn(name: str, out: torch.Tensor, y: torch.Tensor, reduction: str = "mean",

@@ -321,8 +321,9 @@ def cmd_sample(args) -> None:
 
 def cmd_export(args) -> None:
     from .engine.run import Run
-    from .plugins.export import export_run
+    from .plugins.export import check_args, export_run
 
+    check_args(args.format, args.out, args.exporter)  # before the run is read
     export_run(Run.open(args.run_dir), args.format, args.out, args.exporter)
 
 

@@ -140,66 +140,75 @@ def _exportable(model: nn.Module) -> nn.Module:
 def graphs(run) -> list[Graph]:
     """The graphs a finished run exports, with their parity inputs (see the module docstring)."""
     inf = run.inference()  # clear errors for unfinished runs
-    task_name, name = run.cfg.task, run.cfg.model["name"]
-    tags = MODELS.tags(name)
+    tags = MODELS.tags(run.cfg.model["name"])
     model = unwrap(inf.model).eval()
-    if TASKS.has(task_name, "play"):
-        return [_policy_graph(run, model)]
+    if TASKS.has(run.cfg.task, "play"):
+        obs, action_start = _observations(run)
+        g = policy_graph(model, obs, run.cfg.task)
+        g.about.update(env_id=run.meta["env_id"], action_start=action_start)
+        return [g]
     if "gan" in tags:
-        return [_generator_graph(model)]
-    if "autoencoder" in tags:
-        return _autoencoder_graphs(run, model)
-    return [_supervised_graph(run, model, inf)]
-
-
-def _supervised_graph(run, model: nn.Module, inf) -> Graph:
-    meta = run.meta
+        return [generator_graph(model)]
     x = _inputs(run)
-    about = {"task": run.cfg.task}
-    if meta.kind == "text":
-        norm = None
-        about["input"] = (f"token ids (batch, {x.shape[1]}), int64, right-padded with 0, as the run's tokenizer "
-                          "writes them (tokenizer file beside this one)")
-    else:
-        norm = Standardize(meta.normalizer["mean"], meta.normalizer["std"], x.ndim)
-        about["input"] = f"raw inputs (batch, {', '.join(map(str, x.shape[1:]))}), float32, as the data set loads them"
+    if "autoencoder" in tags:
+        return autoencoder_graphs(model, x, run.cfg.task)
+    meta = run.meta
+    norm = None if meta.kind == "text" else (meta.normalizer["mean"], meta.normalizer["std"])
     if "forecast" in meta:
         fm = meta["forecast"]
         cols = [fm["columns"].index(t) for t in fm["target"]]
         unscale = ([meta.normalizer["mean"][i] for i in cols], [meta.normalizer["std"][i] for i in cols], fm["horizon"])
-        about.update(output=f"forecasts (batch, {fm['horizon']}, {len(cols)}) of {', '.join(fm['target'])}, in the "
-                     "series' units", window=fm["window"], columns=fm["columns"], target=fm["target"])
-        make = lambda m: Pipeline(m, norm, unscale=unscale)  # noqa: E731
-        outputs = ["forecast"]
-    elif meta.loss == "cross_entropy":
-        about.update(output=f"class probabilities (batch, {meta.num_outputs})", classes=meta.classes)
-        make = lambda m: Pipeline(m, norm, probs=True)  # noqa: E731
-        outputs = ["probabilities"]
+        g = supervised_graph(model, x, norm, unscale=unscale)
+        g.about.update(output=f"forecasts (batch, {fm['horizon']}, {len(cols)}) of {', '.join(fm['target'])}, in "
+                       "the series' units", window=fm["window"], columns=fm["columns"], target=fm["target"])
     else:
-        about["output"] = f"values (batch, {meta.num_outputs})"
-        make = lambda m: Pipeline(m, norm)  # noqa: E731
-        outputs = ["values"]
-    return Graph("model", make(_exportable(model)).eval(), make(model).eval(), x, "input", outputs, about)
+        g = supervised_graph(model, x, norm, probs=meta.loss == "cross_entropy")
+        if meta.classes:
+            g.about["classes"] = meta.classes
+    g.about["task"] = run.cfg.task
+    return [g]
 
 
-def _autoencoder_graphs(run, model: nn.Module) -> list[Graph]:
-    x = _inputs(run)
+def supervised_graph(model: nn.Module, x: torch.Tensor, norm: tuple | None = None, probs: bool = False,
+                     unscale: tuple | None = None) -> Graph:
+    """raw inputs -> probabilities (`probs`), forecasts in units (`unscale`) or values; `norm` is
+    the run's (mean, std), folded in; token ids (int64 `x`) take none."""
+    text = x.dtype == torch.long
+    shape = ", ".join(map(str, x.shape[1:]))
+    about = {"input": (f"token ids (batch, {shape}), int64, right-padded, as the run's tokenizer writes them" if text
+                       else f"raw inputs (batch, {shape}), float32, as the data set loads them")}
+    if probs:
+        name, about["output"] = "probabilities", "class probabilities (batch, classes)"
+    else:
+        name, about["output"] = ("forecast" if unscale else "values"), "values (batch, outputs)"
+
+    def make(m: nn.Module) -> nn.Module:
+        standardize = Standardize(*norm, x.ndim) if norm is not None else None
+        return Pipeline(m, standardize, probs=probs, unscale=unscale).eval()
+
+    return Graph("model", make(_exportable(model)), make(model), x, "input", [name], about)
+
+
+def autoencoder_graphs(model: nn.Module, x: torch.Tensor, task: str = "autoencode") -> list[Graph]:
+    """An autoencoder's or VAE's encoder (images in [0, 1] -> code, or (mu, logvar)) and decoder
+    (code -> reconstruction in [0, 1]), the decoder checked on the codes of `x`."""
     vae = hasattr(model, "latent_dim") and hasattr(model, "mu")
     enc = Method(model, "encode").eval()
     with torch.inference_mode():
-        codes = enc(x)[0] if vae else enc(x)  # the decoder is checked on the test inputs' codes
+        codes = enc(x)[0] if vae else enc(x)
     shape = ", ".join(map(str, x.shape[1:]))
     encoder = Graph("encoder", enc, enc, x, "input", ["mu", "logvar"] if vae else ["code"],
-                    {"task": run.cfg.task, "input": f"images (batch, {shape}) in [0, 1]",
+                    {"task": task, "input": f"images (batch, {shape}) in [0, 1]",
                      "output": "the posterior's mean and log-variance (batch, latent)" if vae else "codes (batch, latent)"})
     dec = Method(model, "vae-decode" if vae else "decode").eval()
     decoder = Graph("decoder", dec, dec, codes.clone(), "code", ["reconstruction"],
-                    {"task": run.cfg.task, "input": f"codes (batch, {codes.shape[1]})",
+                    {"task": task, "input": f"codes (batch, {codes.shape[1]})",
                      "output": f"reconstructions (batch, {shape}) in [0, 1]" + (" (Bernoulli means)" if vae else "")})
     return [encoder, decoder]
 
 
-def _generator_graph(model: nn.Module) -> Graph:
+def generator_graph(model: nn.Module) -> Graph:
+    """A GAN's generator: latent codes -> images in [0, 1], checked on 256 seeded codes."""
     z = torch.randn(MIN_INPUTS, model.latent_dim, generator=torch.Generator().manual_seed(0))
     gen = Method(model, "images").eval()
     return Graph("generator", gen, gen, z, "z", ["images"],
@@ -207,22 +216,26 @@ def _generator_graph(model: nn.Module) -> Graph:
                   "output": f"images (batch, {', '.join(map(str, model.in_shape))}) in [0, 1]"})
 
 
-def _policy_graph(run, policy: nn.Module) -> Graph:
+def policy_graph(policy: nn.Module, obs: torch.Tensor, task: str) -> Graph:
+    """A DQN's Q network or a PPO policy: raw observations -> Q values or action logits."""
+    q = task == "dqn"
+    return Graph("policy", policy.eval(), policy, obs, "observation", ["q_values" if q else "logits"],
+                 {"task": task, "input": f"raw observations (batch, {', '.join(map(str, obs.shape[1:]))}), float32",
+                  "output": f"{'Q values' if q else 'action logits'} (batch, actions); the action is argmax + "
+                            "action_start"})
+
+
+def _observations(run) -> tuple[torch.Tensor, int]:
+    """At least MIN_INPUTS observations of greedy play, as the policy meets them deployed."""
     task = run.rebuild()
     envs = task.envs
     obs, _ = envs.reset(seed=[1000 + i for i in range(envs.num_envs)])
     seen = []
-    with evaluating(policy):
-        while sum(len(o) for o in seen) < MIN_INPUTS:  # observations of greedy play, as deployed
+    with evaluating(*task.modules().values()):
+        while sum(len(o) for o in seen) < MIN_INPUTS:
             seen.append(np.asarray(obs, dtype=np.float32))
             obs, *_ = envs.step(task.act(obs) + task.action_start)
-    x = torch.as_tensor(np.concatenate(seen))
-    out = "Q values" if run.cfg.task == "dqn" else "action logits"
-    return Graph("policy", policy, policy, x, "observation", ["q_values" if run.cfg.task == "dqn" else "logits"],
-                 {"task": run.cfg.task, "env_id": run.meta["env_id"],
-                  "input": f"raw observations (batch, {', '.join(map(str, x.shape[1:]))}), float32",
-                  "output": f"{out} (batch, {run.meta['num_actions']}); the action is argmax + action_start",
-                  "action_start": int(task.action_start)})
+    return torch.as_tensor(np.concatenate(seen)), int(task.action_start)
 
 
 def _inputs(run) -> torch.Tensor:
@@ -401,22 +414,28 @@ def _failed(g: Graph, tried: list[str]) -> str:
             f"{len(g.inputs)} inputs. Tried: " + "; ".join(tried) + ".")
 
 
-def export_run(run, fmt: str = "onnx", out: str | Path | None = None, exporter: str = "auto",
-               verbose: bool = True) -> list[dict]:
-    """Export run `run` (a `Run`) into `out` (default RUN/export/model.onnx; several graphs:
-    OUT-encoder.onnx and OUT-decoder.onnx, ...). Returns one record per file (also FILE.json)."""
+def check_args(fmt: str, out: str | Path | None, exporter: str) -> None:
+    """The format, file name and exporter asked for, and the libraries they need (UserErrors)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not valid: use one of {', '.join(FORMATS)}.")
     if exporter not in EXPORTERS:
         raise UserError(f"--exporter {exporter!r} is not valid: use one of {', '.join(EXPORTERS)}.")
+    suffix = ".onnx" if fmt == "onnx" else ".pt"
+    if out is not None and Path(out).suffix.lower() != suffix:
+        raise UserError(f"--out {out}: a {fmt} file name ends in {suffix}.")
+    if out is not None and Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder: give a file name ending in {suffix}.")
     if fmt == "onnx":
         _need("onnx", "onnxscript", "onnxruntime")
+
+
+def export_run(run, fmt: str = "onnx", out: str | Path | None = None, exporter: str = "auto",
+               verbose: bool = True) -> list[dict]:
+    """Export run `run` (a `Run`) into `out` (default RUN/export/model.onnx; several graphs:
+    OUT-encoder.onnx and OUT-decoder.onnx, ...). Returns one record per file (also FILE.json)."""
+    check_args(fmt, out, exporter)
     suffix = ".onnx" if fmt == "onnx" else ".pt"
     target = Path(out) if out else run.path / "export" / f"model{suffix}"
-    if target.suffix.lower() != suffix:
-        raise UserError(f"--out {target}: a {fmt} file name ends in {suffix}.")
-    if target.is_dir():
-        raise UserError(f"--out {target} is a folder: give a file name ending in {suffix}.")
     t0 = time.perf_counter()
     todo = graphs(run)
     try:

@@ -134,7 +134,10 @@ def _check_family(family: str, make, tmp_path) -> None:
         r = export.export_graph(g, tmp_path / f"{family}-{g.name}.onnx")
         print(f"{family} {g.name}: {r['exporter']} max abs diff {r['max_abs_diff']:.3g}")
         assert r["passed"] and r["max_abs_diff"] <= 1e-4, r
-        assert r["exporter"] == "dynamo", r  # the fallback is not needed by any family today
+        if family == "bert":  # dynamo's graph runs but misses the tolerance (0.057 measured): the fallback's job
+            assert r["exporter"] == "torchscript" and r["fallback_because"][0].startswith("dynamo: max abs diff"), r
+        else:
+            assert r["exporter"] == "dynamo", r
 
 
 @pytest.mark.parametrize("family", [f if f in FAST else pytest.param(f, marks=pytest.mark.slow) for f in FAMILIES])
@@ -298,6 +301,41 @@ print(json.dumps(actions))
     for a in actions:
         assert int(run.predict(np.asarray(obs, np.float32)[None])[0]) == a
         obs, *_ = env.step(a)
+
+
+def test_a_forecasting_run_exports_forecasts_in_the_series_units(tmp_path):
+    import onnxruntime as ort
+
+    fit(load_config("sunspots-lstm", ["train.epochs=1", "train.threads=1"]), run_dir=tmp_path / "run", verbose=0)
+    run = Run.open(tmp_path / "run")
+    (r,) = export.export_run(run, verbose=False)
+    fm = run.meta["forecast"]
+    assert r["parity"]["passed"] and r["window"] == fm["window"] and r["target"] == fm["target"]
+    windows = np.random.default_rng(0).uniform(0, 200, (3, len(fm["columns"]), fm["window"])).astype(np.float32)
+    got = ort.InferenceSession(str(tmp_path / "run/export/model.onnx")).run(None, {"input": windows})[0]
+    norm = run.meta["normalizer"]
+    want = run.predict(windows).reshape(3, fm["horizon"], -1) * norm["std"][0] + norm["mean"][0]  # as predict_file
+    assert got.shape == (3, fm["horizon"], 1) and np.allclose(got, want, rtol=1e-4, atol=1e-3)
+
+
+def test_a_vae_run_exports_its_encoder_and_decoder(tmp_path):
+    import onnxruntime as ort
+
+    over = ["train.epochs=1", "gen.eval_samples=0", "gen.test_samples=0", "gen.nll_samples=2", "train.threads=1"]
+    fit(load_config("digits-vae", over), run_dir=tmp_path / "run", verbose=0)
+    run = Run.open(tmp_path / "run")
+    records = export.export_run(run, out=tmp_path / "vae.onnx", verbose=False)
+    assert [r["file"] for r in records] == ["vae-encoder.onnx", "vae-decoder.onnx"]
+    assert all(r["parity"]["passed"] and r["parity"]["inputs"] >= 256 for r in records)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    mu, logvar = ort.InferenceSession(str(tmp_path / "vae-encoder.onnx")).run(None, {"input": x})
+    recon = ort.InferenceSession(str(tmp_path / "vae-decoder.onnx")).run(None, {"code": mu})[0]
+    model = run.model()
+    with torch.no_grad():
+        want_mu = model.encode(torch.as_tensor(x))[0]
+        want = torch.sigmoid(model.decode(want_mu))
+    assert np.allclose(mu, want_mu.numpy(), atol=1e-5) and np.allclose(recon, want.numpy(), atol=1e-5)
+    assert recon.shape == (4, 1, 8, 8) and 0 <= recon.min() and recon.max() <= 1
 
 
 def test_bad_uses_of_export_exit_2_with_one_paragraph(tmp_path, capsys):

@@ -243,7 +243,7 @@ def _inputs(run) -> torch.Tensor:
     made up to MIN_INPUTS with variants when the data set is small; text gets shorter versions of
     its texts and one empty text, so rows of many lengths meet in one batch."""
     task = run.rebuild()
-    parts = [task.data[k].x.cpu() for k in ("test", "val", "train") if k in task.data]
+    parts = [_split_inputs(task.data[k]) for k in ("test", "val", "train") if k in task.data]
     x = torch.cat(parts)[:MAX_INPUTS]
     if hasattr(task, "windows"):  # forecasting: the windows in the series' units
         x = torch.cat([torch.as_tensor(task.windows[k].x, dtype=torch.float32)
@@ -271,6 +271,13 @@ def _inputs(run) -> torch.Tensor:
         noisy = (x + 0.05 * (hi - lo) * torch.randn(x.shape, generator=gen)).clamp(lo, hi)
         x = torch.cat([x, noisy])
     return x.contiguous()
+
+
+def _split_inputs(d) -> torch.Tensor:
+    """Up to MAX_INPUTS (normalized) inputs of a split, in memory or streamed (data.stream)."""
+    if hasattr(d, "x"):
+        return d.x[:MAX_INPUTS].cpu()
+    return d.read(np.arange(min(len(d), MAX_INPUTS)))[0].cpu()
 
 
 def _stat(values, ndim: int) -> torch.Tensor:

@@ -92,3 +92,14 @@ def test_a_gan_run_shows_its_sample_grids_per_epoch(tmp_path):
     assert [i.step for i in ea.Images("samples")] == steps
     assert {"pictures/samples", "pictures/interpolation", "pictures/losses"} <= set(ea.Tags()["images"])
     assert "gan/d_loss" in ea.Tags()["scalars"]
+
+
+def test_without_tensorboard_installed_the_run_stops_at_start_naming_the_install_command(tmp_path, monkeypatch):
+    import sys
+
+    from deepstep.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # `import` now fails as if not installed
+    with pytest.raises(UserError, match=r"pip install 'deepstep\[tensorboard\]'"):
+        fit(cfg(), run_dir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

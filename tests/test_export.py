@@ -343,6 +343,17 @@ def test_a_vae_run_exports_its_encoder_and_decoder(tmp_path):
     assert recon.shape == (4, 1, 8, 8) and 0 <= recon.min() and recon.max() <= 1
 
 
+def test_a_failed_export_in_the_plugin_leaves_a_finished_run_that_says_why(tmp_path, monkeypatch):
+    def fails(*a, **k):
+        raise UserError("the model graph could not be exported")
+
+    monkeypatch.setattr(export, "export_graph", fails)
+    run = fit(load_config("digits-mlp", ["train.epochs=1", "train.threads=1"]), run_dir=tmp_path / "run", verbose=0,
+              plugins=[export.Export()])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["export/error"] == "the model graph could not be exported" and run.summary["test/acc"] > 0
+
+
 def test_bad_uses_of_export_exit_2_with_one_paragraph(tmp_path, capsys):
     from deepstep.cli import main
 

@@ -29,7 +29,8 @@ numbers) and the file is removed. The numbers are printed and written beside the
 (`FILE.json`, with what the graph reads and returns).
 
 Also a plug-in: `deepstep train RECIPE --with export` writes RUN/export/ at the end of training
-(and summary keys export/max_abs_diff, export/exporter). The onnx libraries are imported only
+(and summary keys export/max_abs_diff, export/exporter; an export that fails is a warning and
+export/error, and the run still finishes). The onnx libraries are imported only
 here, when used: `pip install 'deepstep[export]'`.
 """
 
@@ -41,6 +42,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -520,6 +522,11 @@ class Export(Plugin):
         return run.dir is not None
 
     def on_finish(self, run, summary: dict) -> None:
-        records = export_run(run, verbose=run.verbose > 0)
+        try:
+            records = export_run(run, verbose=run.verbose > 0)
+        except UserError as e:  # the run itself is fine: it finishes, and says why nothing was exported
+            print(f"warning: export: {e}", file=sys.stderr)
+            summary["export/error"] = str(e)
+            return
         summary["export/max_abs_diff"] = max(r["parity"]["max_abs_diff"] for r in records)
         summary["export/exporter"] = ",".join(sorted({r["exporter"] for r in records}))

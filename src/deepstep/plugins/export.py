@@ -56,7 +56,7 @@ from ..engine.checkpoint import atomic_write
 from ..engine.plugin import Plugin
 from ..engine.runtime import evaluating, unwrap
 from ..errors import UserError
-from ..registry import MODELS, PLUGINS, TASKS
+from ..registry import DATASETS, MODELS, PLUGINS, TASKS
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -244,6 +244,8 @@ def _inputs(run) -> torch.Tensor:
     """At least MIN_INPUTS raw model inputs: the test split first (then validation and training),
     made up to MIN_INPUTS with variants when the data set is small; text gets shorter versions of
     its texts and one empty text, so rows of many lengths meet in one batch."""
+    if run.meta.kind == "text":
+        return _text_inputs(run)
     task = run.rebuild()
     parts = [_split_inputs(task.data[k]) for k in ("test", "val", "train") if k in task.data]
     x = torch.cat(parts)[:MAX_INPUTS]
@@ -254,18 +256,6 @@ def _inputs(run) -> torch.Tensor:
         norm = run.meta.normalizer
         x = x.float() * _stat(norm["std"], x.ndim) + _stat(norm["mean"], x.ndim)  # undo the normalization
     gen = torch.Generator().manual_seed(0)
-    if run.meta.kind == "text":
-        pad = getattr(task.tokenizer, "pad_id", 0)
-        short = x[: MIN_INPUTS // 2].clone()
-        n = (short != pad).sum(1)
-        cut = (torch.rand(len(short), generator=gen) * n).long().clamp(min=1)
-        short[torch.arange(short.shape[1])[None, :] >= cut[:, None]] = pad  # a prefix of each text
-        if hasattr(task.tokenizer, "hf"):
-            # a pretrained tokenizer never writes a row of padding alone ([CLS] comes first): on one,
-            # attention has no key to attend to, and torch and onnxruntime disagree (0.05 measured)
-            x = torch.cat([x, short])
-        else:  # deepstep's tokenizer: an empty text is all padding, and the models define its output
-            x = torch.cat([x, short, torch.full((1, x.shape[1]), pad, dtype=x.dtype)])
     while len(x) < MIN_INPUTS:  # small data sets: noisy copies (still in the inputs' range)
         if x.dtype == torch.long:
             x = torch.cat([x, x])
@@ -273,6 +263,33 @@ def _inputs(run) -> torch.Tensor:
         lo, hi = x.min(), x.max()
         noisy = (x + 0.05 * (hi - lo) * torch.randn(x.shape, generator=gen)).clamp(lo, hi)
         x = torch.cat([x, noisy])
+    return x.contiguous()
+
+
+def _text_inputs(run) -> torch.Tensor:
+    """Token ids of the run's test texts (then validation, training), tokenized with the run's
+    tokenizer, plus a shortened copy of half of them and, for deepstep's own tokenizer, one empty
+    text. The texts come from the data set and the run's split (no model is built: the saved
+    tokenizer is all a text run needs)."""
+    from ..data.arrays import split
+
+    cfg, tok = run.cfg, run.inference().tokenizer
+    arrays = DATASETS.get(cfg.data.name)(cfg.data)
+    parts = split(arrays, cfg.data.val_split, cfg.data.test_split, cfg.train.seed,
+                  stratify=run.meta.loss == "cross_entropy")
+    texts = [t for k in ("test", "val", "train") if parts.get(k) is not None for t in parts[k][0]][:MAX_INPUTS]
+    x = torch.as_tensor(tok.encode(texts))
+    pad = getattr(tok, "pad_id", 0)
+    short = x[: MIN_INPUTS // 2].clone()
+    cut = (torch.rand(len(short), generator=torch.Generator().manual_seed(0)) * (short != pad).sum(1)).long().clamp(min=1)
+    short[torch.arange(short.shape[1])[None, :] >= cut[:, None]] = pad  # a prefix of each text
+    x = torch.cat([x, short])
+    if not hasattr(tok, "hf"):  # deepstep's tokenizer writes an empty text as all padding, and the models define it
+        x = torch.cat([x, torch.full((1, x.shape[1]), pad, dtype=x.dtype)])
+    # (a pretrained tokenizer never writes a row of padding alone — [CLS] comes first; on one,
+    # attention has no key to attend to, and torch and onnxruntime disagree: 0.05 measured)
+    while len(x) < MIN_INPUTS:
+        x = torch.cat([x, x])
     return x.contiguous()
 
 

@@ -242,8 +242,7 @@ def _observations(run) -> tuple[torch.Tensor, int]:
 
 def _inputs(run) -> torch.Tensor:
     """At least MIN_INPUTS raw model inputs: the test split first (then validation and training),
-    made up to MIN_INPUTS with variants when the data set is small; text gets shorter versions of
-    its texts and one empty text, so rows of many lengths meet in one batch."""
+    made up to MIN_INPUTS with noisy copies when the data set is small; text: `_text_inputs`."""
     if run.meta.kind == "text":
         return _text_inputs(run)
     task = run.rebuild()
@@ -257,9 +256,6 @@ def _inputs(run) -> torch.Tensor:
         x = x.float() * _stat(norm["std"], x.ndim) + _stat(norm["mean"], x.ndim)  # undo the normalization
     gen = torch.Generator().manual_seed(0)
     while len(x) < MIN_INPUTS:  # small data sets: noisy copies (still in the inputs' range)
-        if x.dtype == torch.long:
-            x = torch.cat([x, x])
-            continue
         lo, hi = x.min(), x.max()
         noisy = (x + 0.05 * (hi - lo) * torch.randn(x.shape, generator=gen)).clamp(lo, hi)
         x = torch.cat([x, noisy])
@@ -317,7 +313,8 @@ def _need(*modules: str) -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporters' progress lines, warnings and logging go to a buffer (shown when they fail)."""
+    """The exporters' progress lines, warnings and logging stay off the terminal (a failure's
+    reason is reported from its exception)."""
     buf = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
     levels = [lg.level for lg in loggers]

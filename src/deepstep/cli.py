@@ -91,6 +91,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for explain.json, the arrays and the PNGs (default RUN/explain)")
     s.add_argument("--n", type=int, default=8, help="without INPUT: how many test examples (default 8)")
 
+    s = sub.add_parser("export", help="export a run's model to ONNX (or TorchScript) for raw inputs, checked "
+                       "against torch on 256+ inputs")
+    s.add_argument("run_dir")
+    s.add_argument("--format", default="onnx", help="onnx (default) or torchscript")
+    s.add_argument("--out", help="file to write (default RUN/export/model.onnx; autoencoders: OUT-encoder.onnx "
+                   "and OUT-decoder.onnx); FILE.json beside it says what it reads and returns")
+    s.add_argument("--exporter", default="auto", help="ONNX exporter: auto (dynamo, else the TorchScript-based "
+                   "one), dynamo or torchscript")
+
     s = sub.add_parser("scratch", help="train the NumPy network with hand-written backprop on digits")
     s.add_argument("--hidden", type=int, default=32, help="hidden units")
     s.add_argument("--epochs", type=int, default=40)
@@ -311,6 +320,14 @@ def cmd_sample(args) -> None:
     print(f"{args.n} samples from {run.path} (seed {args.seed}) written to {args.out}")
 
 
+def cmd_export(args) -> None:
+    from .engine.run import Run
+    from .plugins.export import check_args, export_run
+
+    check_args(args.format, args.out, args.exporter)  # before the run is read
+    export_run(Run.open(args.run_dir), args.format, args.out, args.exporter)
+
+
 def _predict_series(run, args) -> None:
     """Forecasting runs: each input is a series file; print the next `horizon` values after its end."""
     from .tasks.forecast import predict_file
@@ -389,7 +406,7 @@ def cmd_scratch(args) -> None:
 
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
             "eval": cmd_eval, "predict": cmd_predict, "sample": cmd_sample, "play": cmd_play, "report": cmd_report,
-            "explain": cmd_explain, "scratch": cmd_scratch}
+            "explain": cmd_explain, "scratch": cmd_scratch, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

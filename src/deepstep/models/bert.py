@@ -102,10 +102,11 @@ class PretrainedClassifier(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_classes)
 
-    def forward_features(self, ids: torch.Tensor) -> torch.Tensor:
-        """Pooled features (B, H) of right-padded ids (B, T)."""
+    def forward_features(self, ids: torch.Tensor, trim: bool = True) -> torch.Tensor:
+        """Pooled features (B, H) of right-padded ids (B, T); `trim` False keeps every column even
+        with model.dynamic_padding (for exporters: the cut depends on the data)."""
         mask = ids != self.pad_id
-        if self.dynamic_padding:
+        if self.dynamic_padding and trim:
             keep = max(1, int(mask.sum(1).max()))
             ids, mask = ids[:, :keep], mask[:, :keep]
         h = self.encoder(input_ids=ids, attention_mask=mask.long()).last_hidden_state
@@ -126,6 +127,10 @@ class PretrainedClassifier(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (B, T) ids -> (B, classes)
         return self.forward_head(self.forward_features(ids))
 
+    def exportable(self) -> nn.Module:
+        """The same function for graph exporters (ONNX, TorchScript): no cut to the longest row."""
+        return _Untrimmed(self)
+
     def freeze(self, embeddings: bool, layers: int) -> None:
         """Stop training the embeddings and/or the lower `layers` transformer layers."""
         stack = transformer_layers(self.encoder)
@@ -141,6 +146,17 @@ class PretrainedClassifier(nn.Module):
     def save_run_files(self, path) -> None:
         """Write the encoder's config.json into RUN/encoder, so that a run rebuilds it offline."""
         self.encoder.config.save_pretrained(Path(path) / ENCODER_DIR)
+
+
+class _Untrimmed(nn.Module):
+    """`PretrainedClassifier.forward` without the cut to the longest row (for exporters)."""
+
+    def __init__(self, net: PretrainedClassifier):
+        super().__init__()
+        self.net = net
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(ids, trim=False))
 
 
 def transformer_layers(encoder: nn.Module) -> nn.ModuleList:

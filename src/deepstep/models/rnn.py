@@ -118,6 +118,65 @@ class RecurrentNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, T) or (B, T) ids -> (B, classes)
         return self.forward_head(self.forward_features(x))
 
+    def exportable(self) -> nn.Module:
+        """The same function for graph exporters (ONNX, TorchScript): token ids go through
+        `MaskedRecurrent` (no packing, whose host-side lengths no exporter can follow); series
+        need no packing, so the model itself is returned."""
+        return self if self.embed is None else MaskedRecurrent(self)
+
+
+def _reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's first `length` steps in reverse order, the padding after them left in place:
+    x (B, T, F), lengths (B,). Applying it twice gives x back."""
+    t = torch.arange(x.shape[1], device=x.device)[None, :]  # (1, T)
+    last = lengths[:, None] - 1
+    idx = torch.where(t <= last, last - t, t)  # (B, T)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+
+class MaskedRecurrent(nn.Module):
+    """A text `RecurrentNet` computed without packing, for exporters: each layer and direction runs
+    as its own one-layer recurrence over the padded batch (the same weights), the backward
+    direction on each row reversed within its length, so padding never reaches a valid step.
+    Outputs past a row's length are never read: "last" takes the step at length - 1 (the forward
+    direction) and step 0 (the backward one), "mean" and "max" mask them. Equal to the packed
+    forward (tests/test_export.py), and slower: it is for export, not for training."""
+
+    def __init__(self, net: RecurrentNet):
+        super().__init__()
+        rnn = net.rnn
+        self.net, self.dirs, self.layers = net, net.dirs, rnn.num_layers
+        kw = {"nonlinearity": rnn.nonlinearity} if isinstance(rnn, nn.RNN) else {}
+        self.cells = nn.ModuleList()
+        for layer in range(rnn.num_layers):
+            for suffix in ("", "_reverse")[: self.dirs]:
+                cell = type(rnn)(rnn.input_size if layer == 0 else self.dirs * rnn.hidden_size, rnn.hidden_size,
+                                 batch_first=True, bias=rnn.bias, **kw)
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")[: 4 if rnn.bias else 2]:
+                    setattr(cell, f"{name}_l0", getattr(rnn, f"{name}_l{layer}{suffix}"))  # shared, not copied
+                self.cells.append(cell)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) ids, 0 = padding -> (B, classes)
+        net = self.net
+        lengths = (x != 0).sum(1).clamp(min=1)  # an empty text runs one padding step, as packed
+        h = net.embed(x)  # (B, T, E); dropout is off in evaluation mode
+        for layer in range(self.layers):
+            outs = [self.cells[layer * self.dirs](h)[0]]  # forward direction (B, T, H)
+            if self.dirs == 2:
+                outs.append(_reverse_within(self.cells[layer * self.dirs + 1](_reverse_within(h, lengths))[0], lengths))
+            h = torch.cat(outs, -1)  # (B, T, dirs * H), original time order
+        if net.readout == "last":
+            hidden = h.shape[2] // self.dirs
+            at_end = h.gather(1, (lengths - 1)[:, None, None].expand(-1, 1, h.shape[2]))[:, 0]  # (B, dirs*H)
+            feats = at_end if self.dirs == 1 else torch.cat([at_end[:, :hidden], h[:, 0, hidden:]], -1)
+        else:
+            valid = (torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+            if net.readout == "mean":
+                feats = (h * valid).sum(1) / lengths[:, None].to(h.dtype)
+            else:
+                feats = h.masked_fill(~valid, float("-inf")).amax(1)
+        return net.forward_head(feats)
+
 
 def _build(cell: str, name: str, in_shape, num_classes, vocab_size, **kw) -> RecurrentNet:
     return RecurrentNet(cell, step_features(in_shape, vocab_size, name), vocab_size, num_classes, **kw)

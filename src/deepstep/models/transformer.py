@@ -118,11 +118,14 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
 
-    def _embed(self, x: torch.Tensor):
-        """-> h (B, T', D) with positions added, and pad (B, T') True at padding, or None."""
+    def _embed(self, x: torch.Tensor, trim: bool = True):
+        """-> h (B, T', D) with positions added, and pad (B, T') True at padding, or None. `trim`
+        drops the columns that are padding in every row (no output changes; exporters need it off:
+        the cut depends on the data)."""
         pad = None
         if self.tokens:  # (B, T) ids, 0 = padding
-            x = x[:, : max(1, int((x != 0).sum(1).max()))]  # drop columns that are padding in every row
+            if trim:
+                x = x[:, : max(1, int((x != 0).sum(1).max()))]
             pad = x == 0
             h = self.embed(x)
         else:  # (B, C, T) series -> (B, D, T / patch) -> (B, T / patch, D)
@@ -138,9 +141,9 @@ class TransformerEncoder(nn.Module):
                             f"{self.pos.shape[1]} (its training inputs' length).")
         return self.drop(h + self.pos[:, : h.shape[1]]), pad
 
-    def features_and_attention(self, x: torch.Tensor, weights: bool = False):
+    def features_and_attention(self, x: torch.Tensor, weights: bool = False, trim: bool = True):
         """Pooled features (B, D) and, when `weights`, each layer's attention (B, heads, T', T')."""
-        h, pad = self._embed(x)
+        h, pad = self._embed(x, trim)
         maps = []
         for block in self.blocks:
             h, w = block(h, pad, weights or not self.fast)
@@ -172,10 +175,26 @@ class TransformerEncoder(nn.Module):
         out = self.forward_head(feats)
         return (out, maps) if return_attention else out
 
+    def exportable(self) -> nn.Module:
+        """The same function for graph exporters (ONNX, TorchScript): token batches are not cut to
+        their longest row, a cut that depends on the data."""
+        return _Untrimmed(self)
+
     @torch.no_grad()
     def attention(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every layer's attention weights for inputs `x` (rows sum to 1; padding columns are 0)."""
         return self.forward(x, return_attention=True)[1]
+
+
+class _Untrimmed(nn.Module):
+    """`TransformerEncoder.forward` without the cut to the longest row (for exporters)."""
+
+    def __init__(self, net: TransformerEncoder):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.features_and_attention(x, trim=False)[0])
 
 
 @MODELS.register("transformer", tags=("classifier", "series", "sequence", "text", "attention"))

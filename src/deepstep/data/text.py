@@ -242,7 +242,7 @@ def read_texts(inputs: list[str], cfg, classes: list[str]) -> tuple[list[str], l
             names += [f"{arg}:line{n}" for n in lines]
             labels += y or [None] * len(t)
         else:
-            texts.append(read_text_file(path))
+            texts.append(read_text_file(path, strict=True))  # binary data is not classified
             names.append(arg)
             labels.append(None)
     known = set(classes)

@@ -159,9 +159,10 @@ def check_monitor(cfg: RunConfig, task) -> None:
     """train.monitor must be a metric the task logs every epoch, when the task declares them
     (`metric_names()`); others are checked at the end of the first epoch (plugins/best.py)."""
     names = getattr(task, "metric_names", None)
-    if names is None or not getattr(task, "has_val", False) and not cfg.train.monitor.startswith("train/"):
+    known = names() if names is not None else None
+    if known is None or not getattr(task, "has_val", False) and not cfg.train.monitor.startswith("train/"):
         return
-    known = sorted(names())
+    known = sorted(known)
     if cfg.train.monitor not in known:
         raise UserError(f"train.monitor = '{cfg.train.monitor}' is not a metric this run logs, so best weights, "
                         f"early stopping and the plateau schedule could not follow it. Valid: "

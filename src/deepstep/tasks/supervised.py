@@ -212,9 +212,13 @@ class Supervised:
             return x
         return self.norm(x)
 
-    def metric_names(self) -> set[str]:
+    def metric_names(self) -> set[str] | None:
         """Every metric key this task logs per epoch (train/..., val/..., lr) and in its summary
-        (test/...), as `metrics` and `train_step` write them."""
+        (test/...), as `metrics` and `train_step` write them; None for a subclass that measures
+        otherwise (the generative tasks)."""
+        own = type(self)
+        if own.evaluate is not Supervised.evaluate or own.train_step is not Supervised.train_step:
+            return None
         names = ("loss", "acc", "macro_f1") if self.classify else ("loss", "rmse", "mae")
         train = {"train/loss", *(["train/acc"] if self.train_acc else [])}
         return {*train, "lr", *(f"{split}/{n}" for split in ("val", "test") for n in names)}

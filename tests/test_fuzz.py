@@ -68,8 +68,7 @@ def main(capsys, *args) -> tuple[int, str]:
 
 # --- random --set values -------------------------------------------------------------------
 
-@FAST
-@settings(max_examples=250)
+@settings(FAST, max_examples=250)
 @given(key=st.sampled_from(OPTIONS), value=VALUE_TEXT)
 def test_random_set_values_resolve_or_exit_2(key, value, capsys):
     ends_cleanly(*main(capsys, "train", "digits-mlp", "--dry-run", "--set", f"{key}={value}"))
@@ -82,8 +81,7 @@ TRAINED = [k for k in OPTIONS if k.split(".")[0] in ("data", "optim", "sched", "
                          "train.deterministic", "train.eval_batch_size", "data.limit")]
 
 
-@FAST
-@settings(max_examples=12)
+@settings(FAST, max_examples=12)
 @given(key=st.sampled_from(TRAINED), value=st.one_of(NUMBER_TEXT, st.lists(NUMBER_TEXT, max_size=2).map(
     lambda xs: "[" + ", ".join(xs) + "]"), st.sampled_from(["true", "false", "'x'"])))
 def test_random_values_that_are_accepted_train(key, value, capsys):
@@ -116,8 +114,7 @@ def _train_on(capsys, root: Path, name: str, target: Path) -> None:
                        "--run-dir", root / "run"))
 
 
-@FAST
-@settings(max_examples=40)
+@settings(FAST, max_examples=40)
 @given(name=st.sampled_from(sorted(LOADERS)), data=st.binary(max_size=300),
        header=st.sampled_from([b"", b"a,b,label\n", b"text,label\n", b"\x93NUMPY", b"PK\x03\x04",
                                b"\x89PNG\r\n\x1a\n", b'{"text": "x", "label": 1}\n']))
@@ -147,8 +144,7 @@ def _array(dtype, shape, seed) -> np.ndarray:
     return a.astype(dtype)
 
 
-@FAST
-@settings(max_examples=25)
+@settings(FAST, max_examples=25)
 @given(xd=DTYPES, xs=SHAPES, yd=DTYPES, ys=SHAPES, seed=st.integers(0, 9), as_folder=st.booleans())
 def test_random_shapes_into_npz(xd, xs, yd, ys, seed, as_folder, capsys):
     with tempfile.TemporaryDirectory() as d:
@@ -164,8 +160,7 @@ def test_random_shapes_into_npz(xd, xs, yd, ys, seed, as_folder, capsys):
             _train_on(capsys, root, "npz", root / "arrays.npz")
 
 
-@FAST
-@settings(max_examples=10)
+@settings(FAST, max_examples=10)
 @given(sizes=st.lists(st.tuples(st.integers(1, 24), st.integers(1, 24)), min_size=1, max_size=4),
        mode=st.sampled_from(["L", "RGB", "RGBA", "P", "I;16", "1"]))
 def test_random_images_into_the_image_folder(sizes, mode, capsys):
@@ -189,8 +184,7 @@ def finished(tmp_path_factory):
     return path
 
 
-@FAST
-@settings(max_examples=40)
+@settings(FAST, max_examples=40)
 @given(suffix=st.sampled_from([".npy", ".png", ".csv", ".jpg", ".txt", ".npz"]), data=st.binary(max_size=400),
        header=st.sampled_from([b"", b"\x93NUMPY\x01\x00", b"\x89PNG\r\n\x1a\n", b"a,b\n1,2\n"]))
 def test_random_bytes_into_predict(finished, suffix, data, header, capsys):
@@ -200,8 +194,7 @@ def test_random_bytes_into_predict(finished, suffix, data, header, capsys):
         ends_cleanly(*main(capsys, "predict", finished, f))
 
 
-@FAST
-@settings(max_examples=30)
+@settings(FAST, max_examples=30)
 @given(dtype=DTYPES, shape=SHAPES, seed=st.integers(0, 9), special=st.sampled_from([None, np.nan, np.inf]))
 def test_random_arrays_into_predict(finished, dtype, shape, seed, special, capsys):
     with tempfile.TemporaryDirectory() as d:
@@ -215,8 +208,7 @@ def test_random_arrays_into_predict(finished, dtype, shape, seed, special, capsy
             assert rc == 2  # never "0 (nan)"
 
 
-@FAST
-@settings(max_examples=30)
+@settings(FAST, max_examples=30)
 @given(suffix=st.sampled_from([".txt", ".csv", ".jsonl"]), data=st.binary(max_size=300))
 def test_random_bytes_into_text_inputs(suffix, data):
     from deepstep.config import DataConfig
@@ -282,16 +274,14 @@ def reference(tmp_path_factory):
     return _result(root / "run")
 
 
-@settings(deadline=None, derandomize=True, database=None, max_examples=4,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(point=st.sampled_from(["fsync", "replace", "replaced", "log"]), n=st.integers(1, 14))
+@settings(FAST, max_examples=4)
+@given(point=st.sampled_from(["fsync", "replace", "replaced", "log"]), n=st.integers(1, 12))
 def test_killed_at_a_random_moment_resumes_exactly(reference, point, n):
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         (root / "driver.py").write_text(DRIVER)
         p = _py("driver.py", point, str(n), *FAULT_RUN, "--run-dir", "run", cwd=root)
-        killed = p.returncode == -9
-        assert killed or p.returncode == 0, p.stderr  # n past the last such moment: it simply finished
+        assert p.returncode == -9, p.stderr  # each point happens more than 12 times in this run
         for _ in range(3):  # resume until finished (a kill before config.toml was written: train again)
             if (root / "run" / "summary.json").is_file():
                 break

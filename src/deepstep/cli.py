@@ -453,7 +453,9 @@ def _run(args) -> int:
 
 
 def _error(args, message: str) -> int:
-    print(f"deepstep {args.command}: error: {message}", file=sys.stderr)
+    from .errors import scrub
+
+    print(f"deepstep {args.command}: error: {scrub(message)}", file=sys.stderr)
     return 2
 
 

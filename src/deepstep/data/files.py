@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, scrub
 from ..registry import DATASETS
 from .arrays import Arrays
 from .io import (  # noqa: F401  (read_csv_rows: re-exported)
@@ -164,7 +164,7 @@ def npz(cfg):
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{broken}: {e}).") from None
+        raise UserError(f"{broken}: {scrub(e)}).") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise UserError(f"'{path}' is a single array of shape {z.shape}; expected {NPZ_EXPECTED}.")
     with z:
@@ -172,7 +172,7 @@ def npz(cfg):
             arrays = {k: (lambda k=k: _npz_member(z, k, f"'{path}'")) for k in z.files}
             parts = _pick(arrays, f"'{path}'", "arrays x and y (or x_train, y_train, and optionally x_test, y_test)")
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise UserError(f"{broken}: {e}).") from None
+            raise UserError(f"{broken}: {scrub(e)}).") from None
     return make_arrays(*parts[:4], f"'{path}'", cfg, classes=parts[4])
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, scrub
 
 
 def need_path(cfg, expected: str) -> Path:
@@ -96,7 +96,7 @@ def npy_header(f, size: int, source: str) -> tuple[tuple, np.dtype]:
         else:
             shape, fortran, dtype = npf.read_array_header_2_0(f)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise UserError(f"{source} is not a readable .npy array ({e}).") from None
+        raise UserError(f"{source} is not a readable .npy array ({scrub(e)}).") from None
     if dtype.hasobject or dtype.kind not in "biuf":
         raise UserError(f"{source} holds an array of dtype {dtype}; expected numbers (bool, int or float). Arrays "
                         "of Python objects are never unpickled.")
@@ -117,7 +117,7 @@ def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
         raise
     except (ValueError, OSError, EOFError) as e:
         raise UserError(f"'{path}' is not a readable .npy array (truncated or corrupt: "
-                        f"{str(e).splitlines()[0] if str(e) else type(e).__name__}).") from None
+                        f"{scrub(str(e).splitlines()[0]) if str(e) else type(e).__name__}).") from None
 
 
 # --- CSV tables ---------------------------------------------------------------------------

@@ -239,6 +239,8 @@ def fit_scaler(train_part: np.ndarray) -> Normalizer:
 def read_series_file(path: Path | str) -> Series:
     """A CSV table or .npy array -> Series, with clear errors for every malformed input."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"Series file '{path}' is a folder; expected {SERIES_EXPECTED}.")
     if not path.is_file():
         raise UserError(f"Series file '{path}' does not exist; expected {SERIES_EXPECTED}.")
     if path.suffix.lower() == ".npy":

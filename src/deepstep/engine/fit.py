@@ -187,7 +187,10 @@ def check_resumable(state: dict, task, rd: RunDir) -> None:
                         "random states). Remove it to start the run over.")
     saved_fp = state.get("data")
     if saved_fp is not None and saved_fp != data_fingerprint(task):
-        before = RunMeta.from_dict(rd.read_json(rd.meta)).to_dict() if rd.meta.is_file() else {}
+        try:
+            before = RunMeta.from_dict(rd.read_json(rd.meta)).to_dict() if rd.meta.is_file() else {}
+        except UserError:  # damaged: the fingerprint alone tells
+            before = {}
         changes = [f"{k} {before[k]} -> {task.meta[k]}" for k in ("in_shape", "classes", "sizes", "num_outputs")
                    if k in before and k in task.meta and before[k] != task.meta[k]]
         what = f" ({'; '.join(changes)})" if changes else " (same shapes, other values)"
@@ -222,7 +225,8 @@ def resume(run_dir: Path | str, *, plugins: Sequence = (), verbose: int = 1) -> 
     rd = RunDir.open(run_dir)
     if rd.summary.exists():
         raise UserError(f"The run in '{rd.path}' already finished (summary.json exists); nothing to resume.")
-    cfg = Run.open(rd.path).cfg
+    # the config only: meta.json is written again by the resumed run (and compared, when readable)
+    cfg = RunConfig.from_dict(read_toml(rd.config), where=str(rd.config), strict=False)
     return fit(cfg, run_dir=rd.path, plugins=plugins, resume=True, verbose=verbose)
 
 

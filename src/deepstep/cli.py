@@ -440,6 +440,9 @@ def _run(args) -> int:
         return 143 if isinstance(e, Terminated) else 130
     except OSError as e:
         return _error(args, os_error(e, args))
+    except UnicodeDecodeError as e:
+        return _error(args, f"A file that should be UTF-8 text is not ({e.reason} at byte {e.start}): it is damaged, "
+                            "or not of the type its name says.")
     except MemoryError:
         return _error(args, "Out of memory: the input (or the data set, or a batch) is larger than this machine's "
                             "memory. Use smaller inputs, data.limit, a smaller train.batch_size or "

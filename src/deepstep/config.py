@@ -585,6 +585,8 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"Cannot read config file '{path}': {e.strerror}.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"Config file '{path}' is not valid TOML: {e}.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"Config file '{path}' is not UTF-8 text (damaged, or not a TOML file).") from None
 
 
 def load_config(recipe: str, overrides: list[str] = ()) -> RunConfig:

@@ -132,7 +132,7 @@ def _npz_member(z, key: str, source: str) -> np.ndarray:
     try:
         info = z.zip.getinfo(name)
         with z.zip.open(name) as f:
-            npy_header(f, info.file_size, f"{source} (array '{key}')")
+            npy_header(f, info.file_size, f"{source} (array '{key}')", numbers=False)
     except KeyError:
         pass  # np.load names members without .npy too; let it read them
     return z[key]

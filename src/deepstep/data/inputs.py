@@ -41,7 +41,7 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str,
             xs.append(read_image(path, in_shape)[None])
             names.append(p)
         elif suffix == ".npy":
-            a = _fit(np.asarray(load_npy(path)), in_shape, p)
+            a = _fit(np.asarray(load_npy(path, numbers=True, word="valid")), in_shape, p)
             xs.append(a)
             names += [f"{p}[{i}]" for i in range(len(a))] if len(a) > 1 else [p]
         elif suffix == ".csv":

@@ -83,10 +83,10 @@ def read_image(path: Path, in_shape: tuple) -> np.ndarray:
 
 # --- NumPy files --------------------------------------------------------------------------
 
-def npy_header(f, size: int, source: str) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) from an open .npy stream's header, checked before any data is read: numbers
-    only (no Python objects, no strings) and a header whose size fits the `size` bytes there are
-    (a header may claim terabytes)."""
+def npy_header(f, size: int, source: str, numbers: bool = True, word: str = "readable") -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from an open .npy stream's header, checked before any data is read: no
+    Python objects (with `numbers`, no strings either) and a header whose size fits the `size`
+    bytes there are (a header may claim terabytes)."""
     from numpy.lib import format as npf
 
     try:
@@ -96,8 +96,8 @@ def npy_header(f, size: int, source: str) -> tuple[tuple, np.dtype]:
         else:
             shape, fortran, dtype = npf.read_array_header_2_0(f)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise UserError(f"{source} is not a readable .npy array ({scrub(e)}).") from None
-    if dtype.hasobject or dtype.kind not in "biuf":
+        raise UserError(f"{source} is not a {word} .npy array ({scrub(e)}).") from None
+    if dtype.hasobject or dtype.kind not in ("biuf" if numbers else "biufUS"):
         raise UserError(f"{source} holds an array of dtype {dtype}; expected numbers (bool, int or float). Arrays "
                         "of Python objects are never unpickled.")
     need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
@@ -107,16 +107,17 @@ def npy_header(f, size: int, source: str) -> tuple[tuple, np.dtype]:
     return tuple(shape), dtype
 
 
-def load_npy(path: Path, mmap: bool = False) -> np.ndarray:
-    """A numeric .npy file, its header checked before anything is allocated (`npy_header`)."""
+def load_npy(path: Path, mmap: bool = False, numbers: bool = False, word: str = "readable") -> np.ndarray:
+    """A .npy file, its header checked before anything is allocated (`npy_header`; `numbers`:
+    refuse strings too)."""
     try:
         with open(path, "rb") as f:
-            npy_header(f, path.stat().st_size, f"'{path}'")
+            npy_header(f, path.stat().st_size, f"'{path}'", numbers, word)
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except UserError:
         raise
     except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"'{path}' is not a readable .npy array (truncated or corrupt: "
+        raise UserError(f"'{path}' is not a {word} .npy array (truncated or corrupt: "
                         f"{scrub(str(e).splitlines()[0]) if str(e) else type(e).__name__}).") from None
 
 

@@ -245,7 +245,7 @@ def read_series_file(path: Path | str) -> Series:
         raise UserError(f"Series file '{path}' does not exist; expected {SERIES_EXPECTED}.")
     if path.suffix.lower() == ".npy":
         try:
-            a = load_npy(path)
+            a = load_npy(path, word="valid")
         except UserError as e:
             raise UserError(f"{e} Expected {SERIES_EXPECTED}.") from None
         if a.dtype.kind not in "biuf" or a.ndim not in (1, 2) or len(a) == 0:

@@ -113,7 +113,7 @@ def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start) -> Run:
     if state is not None:
         try:
             loop.load_state_dict(state)
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             raise UserError(f"Checkpoint '{rd.checkpoint}' does not fit this run ({type(e).__name__}: "
                             f"{(str(e).strip().splitlines() or [''])[0][:200]}). It was written by another version or "
                             f"another configuration; remove it to start the run over.") from None

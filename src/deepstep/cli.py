@@ -195,7 +195,7 @@ def _report(result) -> None:
     print(f"\nrun directory: {result.run_dir}")
     print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
     for key, e in s["expect"].items():
-        verdict = "met" if e["met"] else "NOT met"
+        verdict = "met" if e["met"] else "not measured in this run" if e.get("unknown") else "NOT met"
         bar = f" ({e['target_value']:.4g})" if e.get("target_value") is not None else ""
         print(f"  target {key} {e['target']}{bar}: {verdict}")
     print(f"  {s['epochs']} epochs, {s['train_seconds']:.1f} s training, {s['samples_per_second']:.0f} samples/s on {s['device']}")
@@ -386,8 +386,8 @@ def cmd_scratch(args) -> None:
     from .scratch import digits_demo
 
     if args.hidden < 1 or args.epochs < 1 or not math.isfinite(args.lr) or args.lr <= 0:
-        raise UserError(f"--hidden {args.hidden} and --epochs {args.epochs} must be at least 1 and --lr {args.lr} a "
-                        "positive finite number (e.g. 0.5).")
+        raise UserError(f"--hidden and --epochs must be at least 1 and --lr positive and finite, e.g. 0.5 (got "
+                        f"--hidden {args.hidden}, --epochs {args.epochs}, --lr {args.lr}).")
     r = digits_demo(n_hidden=args.hidden, epochs=args.epochs, lr=args.lr, output=args.output)
     print(f"NumPy 64-{args.hidden}-10 sigmoid network ({args.output} output), SGD lr {args.lr}, "
           f"{r['epochs']} epochs on digits ({r['train_size']} train / {r['test_size']} test)")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -187,6 +189,9 @@ def cmd_train(args) -> None:
     if args.dry_run:
         print(tomli_w.dumps(cfg.to_dict()))
         return
+    from .engine.rundir import default_run_dir
+
+    args.run_dir = str(args.run_dir or default_run_dir(cfg.recipe))  # named if the run is interrupted
     result = train(cfg, args.run_dir, verbose=0 if args.quiet else 1)
     _report(result)
 
@@ -200,7 +205,7 @@ def _report(result) -> None:
     print(f"\nrun directory: {result.run_dir}")
     print("  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys))
     for key, e in s["expect"].items():
-        verdict = "met" if e["met"] else "NOT met"
+        verdict = "met" if e["met"] else "not measured in this run" if e.get("unknown") else "NOT met"
         bar = f" ({e['target_value']:.4g})" if e.get("target_value") is not None else ""
         print(f"  target {key} {e['target']}{bar}: {verdict}")
     print(f"  {s['epochs']} epochs, {s['train_seconds']:.1f} s training, {s['samples_per_second']:.0f} samples/s on {s['device']}")
@@ -277,6 +282,10 @@ def _predict_reconstructions(run, x, names, args) -> None:
 
     from .tasks.generative import anomaly_scores, image_grid, reconstruct, save_png
 
+    out = Path(args.out) if args.out else run.path / "predictions"
+    if run.meta.kind == "image" and out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file; --out names a folder for the reconstructions "
+                        "(NAME-recon.png). Choose a folder (new or existing).")
     x = run.preprocess(x)
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > 1:  # a Bernoulli decoder scores values outside [0, 1] as nonsense
@@ -286,7 +295,6 @@ def _predict_reconstructions(run, x, names, args) -> None:
     model = run.model()
     scores = anomaly_scores(model, x, run.cfg.gen.decoder, run.cfg.gen.sigma)
     recon = reconstruct(model, x)
-    out = Path(args.out) if args.out else run.path / "predictions"
     for i, (name, score) in enumerate(zip(names, scores)):
         rec = {"input": name, "anomaly_score": round(float(score), 4)}
         if run.meta.kind == "image":
@@ -313,8 +321,8 @@ def cmd_sample(args) -> None:
         raise UserError(f"'{run.path}' was trained on {run.meta.kind} data; `deepstep sample` draws images.")
     if not 1 <= args.n <= 10000 or args.cols < 1:
         raise UserError(f"--n {args.n} must be between 1 and 10000, and --cols at least 1.")
-    if not args.out.lower().endswith(".png"):
-        raise UserError(f"--out {args.out}: the file name must end in .png.")
+    if not args.out.lower().endswith(".png") or Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: expected the name of a PNG file to write (ending in .png, not a folder).")
     images = run.model().sample(args.n, generator=torch.Generator().manual_seed(args.seed))
     save_png(Path(args.out), image_grid(images, min(args.cols, args.n)))
     print(f"{args.n} samples from {run.path} (seed {args.seed}) written to {args.out}")
@@ -395,8 +403,9 @@ def cmd_explain(args) -> None:
 def cmd_scratch(args) -> None:
     from .scratch import digits_demo
 
-    if args.hidden < 1 or args.epochs < 1 or args.lr <= 0:
-        raise UserError("--hidden and --epochs must be at least 1 and --lr positive.")
+    if args.hidden < 1 or args.epochs < 1 or not math.isfinite(args.lr) or args.lr <= 0:
+        raise UserError(f"--hidden and --epochs must be at least 1 and --lr positive and finite, e.g. 0.5 (got "
+                        f"--hidden {args.hidden}, --epochs {args.epochs}, --lr {args.lr}).")
     r = digits_demo(n_hidden=args.hidden, epochs=args.epochs, lr=args.lr, output=args.output)
     print(f"NumPy 64-{args.hidden}-10 sigmoid network ({args.output} output), SGD lr {args.lr}, "
           f"{r['epochs']} epochs on digits ({r['train_size']} train / {r['test_size']} test)")
@@ -409,24 +418,124 @@ COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resum
             "explain": cmd_explain, "scratch": cmd_scratch, "export": cmd_export}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the run stops between two writes and can be resumed."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.command:
         _parser().print_help()
         return 2
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return _run(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    """The one error boundary: every failure a user can cause or meet ends here as exit 2 and one
+    paragraph (exit 130 for Ctrl-C, 143 for SIGTERM, both resumable), never as a traceback."""
     try:
         COMMANDS[args.command](args)
     except UserError as e:
-        print(f"deepstep {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return _error(args, str(e))
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        where = f" Continue with: deepstep resume {Path(args.run_dir)}" if getattr(args, "run_dir", None) else ""
-        print(f"\ninterrupted.{where}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"\n{what}.{_resume_hint(args)}", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
+    except OSError as e:
+        return _error(args, os_error(e, args))
+    except UnicodeDecodeError as e:
+        return _error(args, f"A file that should be UTF-8 text is not ({e.reason} at byte {e.start}): it is damaged, "
+                            "or not of the type its name says.")
+    except MemoryError:
+        return _error(args, "Out of memory: the input (or the data set, or a batch) is larger than this machine's "
+                            "memory. Use smaller inputs, data.limit, a smaller train.batch_size or "
+                            "train.eval_batch_size, or data.stream for data sets larger than memory.")
+    except Exception as e:
+        if not _is_decoder_error(e):
+            raise
+        return _error(args, f"An input file could not be decoded ({type(e).__name__}: {_clean(e)}). Check that the "
+                            "file is complete and of the type its name says.")
     return 0
+
+
+def _error(args, message: str) -> int:
+    from .errors import scrub
+
+    print(f"deepstep {args.command}: error: {scrub(message)}", file=sys.stderr)
+    return 2
+
+
+def _resume_hint(args) -> str:
+    """' Continue with: deepstep resume DIR' when the interrupted command left a run to continue."""
+    run_dir = getattr(args, "run_dir", None)
+    if args.command not in ("train", "resume") or not run_dir:
+        return ""
+    from .engine.rundir import quoted
+
+    path = Path(run_dir)
+    if (path / "config.toml").is_file() and not (path / "summary.json").is_file():
+        return f" The run is in {path}; continue with: deepstep resume {quoted(path)}"
+    return "" if (path / "summary.json").is_file() else " Nothing was written."
+
+
+def _clean(e: BaseException) -> str:
+    """An exception's first line, without numpy's or torch's advice to unpickle."""
+    for line in str(e).splitlines():
+        if line.strip() and not any(w in line for w in ("allow_pickle", "weights_only", "pickle")):
+            return line.strip()[:300]
+    return type(e).__name__
+
+
+def _is_decoder_error(e: BaseException) -> bool:
+    """Errors of the libraries that decode input files (Pillow, zlib, zipfile)."""
+    import zipfile
+    import zlib
+
+    return type(e).__module__.split(".")[0] == "PIL" or isinstance(e, (zlib.error, zipfile.BadZipFile, EOFError))
+
+
+def os_error(e: OSError, args) -> str:
+    """An OSError of the world (full disk, read-only or forbidden place, a file where a folder
+    belongs) as one paragraph: the path, what happened, what to do."""
+    import errno
+
+    path = f"'{e.filename}'" if e.filename else "a file"
+    kept = ""
+    if args.command in ("train", "resume") and getattr(args, "run_dir", None):
+        from .engine.rundir import quoted
+
+        kept = (f" Nothing already written is lost: the last checkpoint in {args.run_dir} is kept (if one was written); "
+                f"continue with `deepstep resume {quoted(args.run_dir)}` once that is fixed.")
+    what = {
+        errno.ENOSPC: f"No space left on the device while writing {path}. Free some space or write elsewhere.",
+        errno.EDQUOT: f"Disk quota exceeded while writing {path}. Free some space or write elsewhere.",
+        errno.EROFS: f"{path} is on a read-only file system. Choose a writable place (--out, --run-dir).",
+        errno.EACCES: f"Permission denied for {path}. Choose a place you may write to (--out, --run-dir), or fix "
+                      "its permissions.",
+        errno.EPERM: f"Operation not permitted on {path}. Choose another place (--out, --run-dir).",
+        errno.EEXIST: f"{path} already exists (as a file where a folder is needed, or the reverse). Choose another "
+                      "name.",
+        errno.ENOTDIR: f"{path}: a part of this path is a file, not a folder. Choose another place.",
+        errno.EISDIR: f"{path} is a folder; a file name is needed here.",
+        errno.ENOENT: f"{path} does not exist.",
+        errno.ENAMETOOLONG: f"{path}: the name is too long for the file system.",
+    }.get(e.errno, f"{e.strerror or _clean(e)} ({path}).")
+    return what + kept
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ either way.
 from __future__ import annotations
 
 import copy
+import math
+import re
 import tomllib
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -37,42 +39,115 @@ from .errors import UserError, suggest, unknown
 from .registry import MODELS, TASKS, load_all, model_options, recipe_path
 
 
-def opt(default: Any, help: str):
-    """A dataclass field with a one-line help text."""
+def opt(default: Any, help: str, check: str = ""):
+    """A dataclass field with a one-line help text and its constraint (`Check` syntax, e.g. "> 0",
+    ">= 1", "[0, 1)"), checked whenever a config is built."""
+    meta = {"help": help, **({"check": Check(check)} if check else {})}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Check:
+    """The range an option's numbers must lie in, declared beside the option: "> 0", ">= 1",
+    "[0, 1)", "(0, 1]". It applies to numbers only (each element of a list of numbers), so an
+    option that also takes a word ("auto") declares its range the same way and checks its words
+    itself. Every float option must in any case be finite (`check_value`)."""
+
+    _BOUND = re.compile(r"^\s*(>=|>|<=|<)\s*(\S+)\s*$")
+    _RANGE = re.compile(r"^\s*([\[(])\s*(\S+)\s*,\s*(\S+)\s*([\])])\s*$")
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.lo = self.hi = None
+        self.lo_open = self.hi_open = False
+        if m := self._BOUND.match(spec):
+            op, value = m.group(1), float(m.group(2))
+            if op.startswith(">"):
+                self.lo, self.lo_open = value, op == ">"
+            else:
+                self.hi, self.hi_open = value, op == "<"
+        elif m := self._RANGE.match(spec):
+            self.lo, self.hi = float(m.group(2)), float(m.group(3))
+            self.lo_open, self.hi_open = m.group(1) == "(", m.group(4) == ")"
+        else:
+            raise ValueError(f"option constraint {spec!r}: expected e.g. '> 0', '>= 1' or '[0, 1)'")
+
+    def holds(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+    def describe(self, what: str = "a number") -> str:
+        """'a number > 0', 'a whole number in [0, 4096]'."""
+        if self.lo is not None and self.hi is not None:
+            return f"{what} in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{what} {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        return f"{what} {'<' if self.hi_open else '<='} {_num(self.hi)}"
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if v == int(v) and abs(v) < 1e15 else repr(v)
+
+
+def check_value(value: Any, check: Check | str | None, where: str, help: str = "") -> None:
+    """Raise a UserError unless every number in `value` (a number or a list of them) is finite and
+    satisfies `check`. Words, booleans and None are left to the option's own checks."""
+    if isinstance(check, str):
+        check = Check(check) if check else None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_value(v, check, f"{where}[{i}]", help)
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    about = f" ({help})" if help else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        want = check.describe() if check else "a finite number"
+        raise UserError(f"{where} = {value} is not a finite number{about}: expected {want}.")
+    if check is not None and not check.holds(value):
+        what = "a whole number" if isinstance(value, int) else "a number"
+        raise UserError(f"{where} = {value!r} is out of range{about}: expected {check.describe(what)}.")
+
+
+def check_section(obj: Any, where: str) -> None:
+    """Check every field of a section dataclass against its declared constraint."""
+    for f in fields(obj):
+        check_value(getattr(obj, f.name), f.metadata.get("check"), f"{where}.{f.name}", f.metadata.get("help", ""))
 
 
 @dataclass
 class DataConfig:
     name: str = opt("digits", "data set (see `deepstep list`)")
     path: str = opt("", "file or folder holding the data; empty: the data set's default place")
-    val_split: float = opt(0.1, "fraction of the training split held out for validation (fixed by seed)")
-    test_split: float = opt(0.2, "fraction held out for testing when the data set has no test split")
+    val_split: float = opt(0.1, "fraction of the training split held out for validation (fixed by seed)", "[0, 1)")
+    test_split: float = opt(0.2, "fraction held out for testing when the data set has no test split", "[0, 1)")
     normalize: bool = opt(True, "standardize inputs with statistics of the training split only")
     label_column: str = opt("label", "CSV tables: name of the label column")
     image_size: int = opt(0, "image data: resize images to this square size (antialiased bilinear; 0: keep "
                               "the size; image folders: the first image's size), e.g. 8 to train on "
-                              "Fashion-MNIST at the 8x8 resolution of the digits")
+                              "Fashion-MNIST at the 8x8 resolution of the digits", ">= 0")
     grayscale: bool = opt(False, "image folders: convert images to one channel")
-    limit: int = opt(0, "use only the first N training examples (0: all)")
+    limit: int = opt(0, "use only the first N training examples (0: all)", ">= 0")
     train_limit: int = opt(0, "train on only N examples of the training part, after the validation and test "
                               "parts are held out, so the test part stays the same; classes keep their share "
-                              "(stratified: the first examples of each class) (0: all)")
+                              "(stratified: the first examples of each class) (0: all)", ">= 0")
     download: bool = opt(True, "download missing files from the official mirror into the cache")
     augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
     stream: bool = opt(False, "read batches from disk with a DataLoader instead of holding the data in "
                               "memory (for data larger than RAM: a data.name=npz folder whose x.npy is memory-mapped)")
-    workers: int = opt(2, "with data.stream: DataLoader worker processes reading batches (0: in the training process)")
+    workers: int = opt(2, "with data.stream: DataLoader worker processes reading batches (0: in the training process)",
+                       ">= 0")
     text_column: str = opt("text", "CSV/JSONL text data: name of the column holding the text")
     topics: list[str] = opt([], "fortunes: topic files to classify (empty: startrek, linux, definitions, zippy, songs-poems)")
     tokenizer: str = opt("word", "text: 'word' (vocabulary from the training split), 'char', or 'pretrained' "
                                  "(the tokenizer of model.pretrained, for model 'bert')")
     lowercase: bool = opt(True, "text: lower-case before tokenizing")
-    min_freq: int = opt(2, "text: keep tokens seen at least this often in the training split (others: <unk>)")
-    max_vocab: int = opt(20000, "text: keep at most this many most frequent tokens (0: no limit)")
-    max_length: int = opt(256, "text: truncate to this many tokens and pad shorter texts (0: longest training text)")
+    min_freq: int = opt(2, "text: keep tokens seen at least this often in the training split (others: <unk>)", ">= 1")
+    max_vocab: int = opt(20000, "text: keep at most this many most frequent tokens (0: no limit)", ">= 0")
+    max_length: int = opt(256, "text: truncate to this many tokens and pad shorter texts (0: longest training text)",
+                          ">= 0")
 
     def __post_init__(self):
         for name in ("val_split", "test_split"):
@@ -97,16 +172,17 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = opt("adam", "optimizer: sgd, adam, adamw, rmsprop")
-    lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)")
-    weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)")
-    momentum: float = opt(0.9, "momentum for sgd and rmsprop (sgd: 0 gives plain SGD)")
+    lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)", "> 0")
+    weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)", ">= 0")
+    momentum: float = opt(0.9, "momentum for sgd and rmsprop (sgd: 0 gives plain SGD)", "[0, 1)")
     nesterov: bool = opt(False, "Nesterov momentum for sgd")
-    betas: list[float] = opt([0.9, 0.999], "Adam/AdamW betas")
-    eps: float = opt(1e-8, "Adam/AdamW/RMSprop epsilon")
-    alpha: float = opt(0.99, "RMSprop smoothing constant")
+    betas: list[float] = opt([0.9, 0.999], "Adam/AdamW betas", "[0, 1)")
+    eps: float = opt(1e-8, "Adam/AdamW/RMSprop epsilon", "> 0")
+    alpha: float = opt(0.99, "RMSprop smoothing constant", "[0, 1)")
     stage_lr_decay: float = opt(1.0, "discriminative learning rates: the head gets optim.lr and each earlier stage "
                                      "of a staged model (resnet18/34/50: layer4, ..., layer1, stem) this factor once "
-                                     "more, e.g. 0.5; 1: one rate for all; models without stages: one rate")
+                                     "more, e.g. 0.5; 1: one rate for all; models without stages: one rate",
+                                "(0, 1]")
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -127,12 +203,12 @@ SCHEDULES = ("constant", "step", "cosine", "linear", "onecycle", "plateau")
 @dataclass
 class SchedConfig:
     name: str = opt("constant", "learning-rate schedule: constant, step, cosine, linear (decay to min_lr), onecycle, plateau")
-    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs (fractions allowed)")
-    step_epochs: int = opt(10, "step: multiply the rate by `gamma` every this many epochs")
-    gamma: float = opt(0.1, "step: factor applied every `step_epochs`")
-    min_lr: float = opt(0.0, "cosine/linear/onecycle: final learning rate")
-    factor: float = opt(0.5, "plateau: factor applied when the monitored metric stalls")
-    patience: int = opt(2, "plateau: epochs without improvement before reducing the rate")
+    warmup_epochs: float = opt(0.0, "linear warm-up length in epochs (fractions allowed)", ">= 0")
+    step_epochs: int = opt(10, "step: multiply the rate by `gamma` every this many epochs", ">= 1")
+    gamma: float = opt(0.1, "step: factor applied every `step_epochs`", "> 0")
+    min_lr: float = opt(0.0, "cosine/linear/onecycle: final learning rate", ">= 0")
+    factor: float = opt(0.5, "plateau: factor applied when the monitored metric stalls", "(0, 1)")
+    patience: int = opt(2, "plateau: epochs without improvement before reducing the rate", ">= 0")
 
     def __post_init__(self):
         if self.name not in SCHEDULES:
@@ -141,20 +217,20 @@ class SchedConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(10, "number of passes over the training data")
-    batch_size: int = opt(64, "examples per optimizer step (per process when distributed)")
-    eval_batch_size: int = opt(1024, "examples per forward pass during evaluation")
-    grad_clip: float = opt(0.0, "clip the global gradient norm to this value (0: off)")
-    grad_accum: int = opt(1, "accumulate gradients over this many batches per optimizer step")
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
+    epochs: int = opt(10, "number of passes over the training data", ">= 1")
+    batch_size: int = opt(64, "examples per optimizer step (per process when distributed)", ">= 1")
+    eval_batch_size: int = opt(1024, "examples per forward pass during evaluation", ">= 1")
+    grad_clip: float = opt(0.0, "clip the global gradient norm to this value (0: off)", ">= 0")
+    grad_accum: int = opt(1, "accumulate gradients over this many batches per optimizer step", ">= 1")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing", "[0, 1]")
     tta: str = opt("", "test-time augmentation of image classifiers in evaluation and predict: '' or 'flip' "
                        "(the mean output of each image and its mirror image)")
     monitor: str = opt("val/acc", "metric watched by early stopping, best weights and plateau")
-    early_stop: int = opt(0, "stop after this many epochs without improvement (0: never)")
+    early_stop: int = opt(0, "stop after this many epochs without improvement (0: never)", ">= 0")
     restore_best: bool = opt(True, "end with the weights of the best monitored epoch")
-    checkpoint_every: int = opt(1, "write a resumable checkpoint every N epochs")
-    log_every: int = opt(100, "log training loss every N steps (one host sync each)")
-    seed: int = opt(0, "random seed for splits, initialization, shuffling and dropout")
+    checkpoint_every: int = opt(1, "write a resumable checkpoint every N epochs", ">= 1")
+    log_every: int = opt(100, "log training loss every N steps (one host sync each)", ">= 1")
+    seed: int = opt(0, "random seed for splits, initialization, shuffling and dropout", "[0, 4294967295]")
     deterministic: bool = opt(False, "use deterministic kernels only (slower on GPU)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:N or mps")
     precision: str = opt("auto", "auto (bf16 autocast for conv nets where the CPU or GPU runs bf16 natively, "
@@ -163,7 +239,7 @@ class TrainConfig:
                                             "(on with bf16 for 2-D conv nets)")
     compile: bool = opt(False, "torch.compile the model's forward (the first steps compile; measured in docs/speed.md)")
     threads: int | str = opt("auto", "CPU threads for torch: a number, 0 (torch's default: every core) or auto "
-                                     "(one thread for small models, every core for big ones; docs/speed.md)")
+                                     "(one thread for small models, every core for big ones; docs/speed.md)", "[0, 4096]")
     cache_features: bool = opt(False, "feature extraction: with a frozen backbone (model.freeze = 'backbone'), "
                                       "encode every split once and train only the head on the cached features")
 
@@ -306,6 +382,8 @@ class RunConfig:
         # sections carried over (dataclasses.replace) that a changed task does not use are dropped
         given = {**{k: v for k, v in (sections or {}).items() if k in own}, **named}
         object.__setattr__(self, "sections", {n: _section(given.get(n), c, n) for n, c in own.items()})
+        for name in [*GENERIC_SECTIONS, *self.sections]:  # sections made in Python skip `build`
+            check_section(getattr(self, name), name)
         self.__post_init__()
 
     def __post_init__(self):
@@ -375,6 +453,7 @@ def resolve_model_args(model: dict) -> dict:
     if name == "custom":  # an nn.Module handed to the Python API; nothing to resolve
         return dict(model)
     options = model_options(name)
+    checks = MODELS.checks(name)  # declared with the factory: @MODELS.register(..., checks={...})
     out = {"name": name}
     for key in model:
         if key != "name" and key not in options:
@@ -388,6 +467,7 @@ def resolve_model_args(model: dict) -> dict:
         if value is p.empty:
             raise UserError(f"Model '{name}' needs option '{key}'.")
         out[key] = coerce(value, hint, f"model.{key}")
+        check_value(out[key], checks.get(key), f"model.{key}", f"an option of model '{name}'")
     return out
 
 
@@ -441,6 +521,7 @@ def build(cls, d: dict, where: str):
             raise UserError(f"Unknown key '{where}.{key}' in {where}.{suggest(key, names)} "
                             f"Valid keys: {', '.join(sorted(names))}.")
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+        check_value(kwargs[key], names[key].metadata.get("check"), f"{where}.{key}", names[key].metadata.get("help", ""))
     for f in fields(cls):
         if f.name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
             raise UserError(f"{where} needs '{f.name}'.")
@@ -519,6 +600,8 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"Cannot read config file '{path}': {e.strerror}.") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"Config file '{path}' is not valid TOML: {e}.") from None
+    except UnicodeDecodeError:
+        raise UserError(f"Config file '{path}' is not UTF-8 text (damaged, or not a TOML file).") from None
 
 
 def load_config(recipe: str, overrides: list[str] = ()) -> RunConfig:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 
 
 class UserError(Exception):
@@ -25,3 +26,13 @@ def unknown(kind: str, name: str, choices) -> UserError:
     return UserError(
         f"Unknown {kind} '{name}'.{suggest(name, choices)} Valid choices: {', '.join(choices)}."
     )
+
+
+_UNSAFE = re.compile(r"allow_pickle|weights_only|pickle\.load|unsafely", re.I)
+
+
+def scrub(text) -> str:
+    """A library's error text without the sentences advising to unpickle (numpy's `allow_pickle=`,
+    torch's `weights_only=False`): deepstep never loads a file that way, so it never suggests it."""
+    sentences = re.split(r"(?<=[.!?])\s+", str(text).strip())
+    return " ".join(s for s in sentences if not _UNSAFE.search(s)).strip() or "unreadable"

@@ -22,10 +22,14 @@ class Registry:
         self._items: dict[str, Any] = {}
         self._about: dict[str, str] = {}
         self._tags: dict[str, frozenset[str]] = {}
+        self._checks: dict[str, dict[str, str]] = {}
 
-    def register(self, name: str, about: str = "", tags: tuple[str, ...] | set[str] = ()) -> Callable:
+    def register(self, name: str, about: str = "", tags: tuple[str, ...] | set[str] = (),
+                 checks: dict[str, str] | None = None) -> Callable:
         """Decorator: register `obj` under `name`. `about` defaults to the first paragraph of its
-        docstring; `tags` declare capabilities (e.g. a model's "classifier", a task's "predict")."""
+        docstring; `tags` declare capabilities (e.g. a model's "classifier", a task's "predict");
+        `checks` the range of a model factory's numeric options, {"dropout": "[0, 1)"} (the
+        syntax of `config.Check`), checked with the config before anything is built."""
 
         def deco(obj):
             if name in self._items:
@@ -33,9 +37,15 @@ class Registry:
             self._items[name] = obj
             self._about[name] = about or first_sentence(inspect.getdoc(obj) or "")
             self._tags[name] = frozenset(tags)
+            self._checks[name] = dict(checks or {})
             return obj
 
         return deco
+
+    def checks(self, name: str) -> dict[str, str]:
+        """The declared ranges of `name`'s options ({} when none were declared)."""
+        self.get(name)
+        return self._checks[name]
 
     def tags(self, name: str) -> frozenset[str]:
         """The capability tags `name` was registered with."""

@@ -24,13 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, scrub
 from ..registry import DATASETS
 from .arrays import Arrays
 from .io import (  # noqa: F401  (read_csv_rows: re-exported)
     IMAGE_SUFFIXES,
     csv_labels,
+    load_npy,
     need_path,
+    npy_header,
+    open_image,
     read_csv_rows,
     read_image,
     read_table,
@@ -120,11 +123,19 @@ def make_arrays(x, y, x_test, y_test, source: str, cfg, classes=None) -> Arrays:
 # --- npz / npy ------------------------------------------------------------------------------
 
 def _load_npy(path: Path, mmap: bool = False) -> np.ndarray:
+    return load_npy(path, mmap)  # header checked first: numbers only, a size that fits the file
+
+
+def _npz_member(z, key: str, source: str) -> np.ndarray:
+    """One array of an open .npz, its header checked against the member's size before reading."""
+    name = f"{key}.npy"
     try:
-        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
-    except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"'{path}' is not a readable .npy array (truncated, corrupt or holding Python "
-                        f"objects, which are never unpickled: {e}).") from None
+        info = z.zip.getinfo(name)
+        with z.zip.open(name) as f:
+            npy_header(f, info.file_size, f"{source} (array '{key}')", numbers=False)
+    except KeyError:
+        pass  # np.load names members without .npy too; let it read them
+    return z[key]
 
 
 def _pick(arrays: dict, source: str, expected: str) -> tuple:
@@ -153,15 +164,15 @@ def npz(cfg):
     try:
         z = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise UserError(f"{broken}: {e}).") from None
+        raise UserError(f"{broken}: {scrub(e)}).") from None
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise UserError(f"'{path}' is a single array of shape {z.shape}; expected {NPZ_EXPECTED}.")
     with z:
         try:
-            arrays = {k: (lambda k=k: z[k]) for k in z.files}
+            arrays = {k: (lambda k=k: _npz_member(z, k, f"'{path}'")) for k in z.files}
             parts = _pick(arrays, f"'{path}'", "arrays x and y (or x_train, y_train, and optionally x_test, y_test)")
         except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise UserError(f"{broken}: {e}).") from None
+            raise UserError(f"{broken}: {scrub(e)}).") from None
     return make_arrays(*parts[:4], f"'{path}'", cfg, classes=parts[4])
 
 
@@ -275,8 +286,6 @@ def _read_images(files: list[Path], shape: tuple) -> np.ndarray:
 @DATASETS.register("images")
 def image_folder(cfg):
     """Your image folder: one sub-folder per class (optionally under train/ and test/), read with Pillow."""
-    from PIL import Image, UnidentifiedImageError
-
     root = need_path(cfg, IMAGES_EXPECTED)
     if not root.is_dir():
         raise UserError(f"data.path = '{root}' is a file; expected {IMAGES_EXPECTED}.")
@@ -288,11 +297,8 @@ def image_folder(cfg):
     if cfg.image_size:
         h = w = cfg.image_size
     else:
-        try:
-            with Image.open(files[0]) as img:
-                w, h = img.size
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"'{files[0]}' is not a readable image ({e}).") from None
+        with open_image(files[0]) as img:
+            w, h = img.size
     shape = (1 if cfg.grayscale else 3, h, w)
     x = _read_images(files, shape)
     x_test = y_test = None

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .io import IMAGE_SUFFIXES, read_image, read_table
+from .io import IMAGE_SUFFIXES, load_npy, read_image, read_table
 
 
 def _fit(a: np.ndarray, in_shape: tuple, source: str) -> np.ndarray:
@@ -30,6 +30,8 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str,
     xs, names = [], []
     for p in paths:
         path = Path(p)
+        if path.is_dir():
+            raise UserError(f"Input '{p}' is a folder; give the files themselves (e.g. '{path / '*.png'}').")
         if not path.is_file():
             raise UserError(f"Input file '{p}' does not exist.")
         suffix = path.suffix.lower()
@@ -39,11 +41,7 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str,
             xs.append(read_image(path, in_shape)[None])
             names.append(p)
         elif suffix == ".npy":
-            try:
-                a = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise UserError(f"'{p}' is not a valid .npy array ({e}).") from None
-            a = _fit(np.asarray(a), in_shape, p)
+            a = _fit(np.asarray(load_npy(path, numbers=True, word="valid")), in_shape, p)
             xs.append(a)
             names += [f"{p}[{i}]" for i in range(len(a))] if len(a) > 1 else [p]
         elif suffix == ".csv":
@@ -52,7 +50,12 @@ def read_inputs(paths: list[str], in_shape: tuple, kind: str,
             names += [f"{p}:row{i + 1}" for i in range(len(rows))]
         else:
             raise UserError(f"'{p}': unsupported input type '{suffix}'. Use images ({', '.join(sorted(IMAGE_SUFFIXES))}), .npy or .csv.")
-    return np.concatenate(xs), names
+    x = np.concatenate(xs)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise UserError(f"Input {names[int(np.argmax(bad))]} holds NaN or infinite values "
+                        f"({int(bad.sum())} of {len(x)} examples do); every input value must be a finite number.")
+    return x, names
 
 
 def read_csv_rows(path: Path, width: int, label_column: str = "label") -> np.ndarray:

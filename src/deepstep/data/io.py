@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, scrub
 
 
 def need_path(cfg, expected: str) -> Path:
@@ -38,18 +38,87 @@ def need_path(cfg, expected: str) -> Path:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+MAX_PIXELS = 50_000_000  # larger images are refused before they are decoded (a 15000x15000 PNG: 4 GB as floats)
+
+
+def open_image(path: Path):
+    """An opened (not yet decoded) Pillow image, its size checked before any pixel is decoded; every
+    problem (not an image, truncated, a decompression bomb) a UserError naming the file."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise UserError(f"'{path}' is too large an image to read ({e}); deepstep reads images of at most "
+                        f"{MAX_PIXELS:,} pixels: shrink it first.") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise UserError(f"'{path}' is not a readable image ({e}).") from None
+    w, h = img.size
+    if w * h > MAX_PIXELS or w < 1 or h < 1:
+        img.close()
+        raise UserError(f"'{path}' is an image of {w}x{h} pixels; deepstep reads images of 1 to {MAX_PIXELS:,} "
+                        "pixels: shrink it first.")
+    return img
+
+
 def read_image(path: Path, in_shape: tuple) -> np.ndarray:
     """One image file -> (C, H, W) float32 in [0, 1], converted to the run's channels and size."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     c, h, w = in_shape
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
             a = np.asarray(img, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"'{path}' is not a readable image ({e}).") from None
+    except UserError:
+        raise
+    except Exception as e:  # Pillow's decoders raise OSError, ValueError, SyntaxError, zlib.error, ...
+        raise UserError(f"'{path}' is not a readable image ({type(e).__name__}: {e}).") from None
     return a[None] if c == 1 else a.transpose(2, 0, 1)
+
+
+# --- NumPy files --------------------------------------------------------------------------
+
+def npy_header(f, size: int, source: str, numbers: bool = True, word: str = "readable") -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from an open .npy stream's header, checked before any data is read: no
+    Python objects (with `numbers`, no strings either) and a header whose size fits the `size`
+    bytes there are (a header may claim terabytes)."""
+    from numpy.lib import format as npf
+
+    try:
+        version = npf.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = npf.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = npf.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise UserError(f"{source} is not a {word} .npy array ({scrub(e)}).") from None
+    if dtype.hasobject or dtype.kind not in ("biuf" if numbers else "biufUS"):
+        raise UserError(f"{source} holds an array of dtype {dtype}; expected numbers (bool, int or float). Arrays "
+                        "of Python objects are never unpickled.")
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    if need > size:
+        raise UserError(f"{source}: its header claims an array of shape {tuple(shape)} ({need:,} bytes), but the "
+                        f"file holds only {size:,} bytes: it is truncated or damaged.")
+    return tuple(shape), dtype
+
+
+def load_npy(path: Path, mmap: bool = False, numbers: bool = False, word: str = "readable") -> np.ndarray:
+    """A .npy file, its header checked before anything is allocated (`npy_header`; `numbers`:
+    refuse strings too)."""
+    try:
+        with open(path, "rb") as f:
+            npy_header(f, path.stat().st_size, f"'{path}'", numbers, word)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+    except UserError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"'{path}' is not a {word} .npy array (truncated or corrupt: "
+                        f"{scrub(str(e).splitlines()[0]) if str(e) else type(e).__name__}).") from None
 
 
 # --- CSV tables ---------------------------------------------------------------------------
@@ -150,12 +219,21 @@ def csv_labels(parts: list[list[str]]) -> list[np.ndarray]:
 
 # --- text tables --------------------------------------------------------------------------
 
-def read_text_file(path: Path) -> str:
-    """A whole UTF-8 text file; an empty (or blank) one is a UserError."""
+def read_text_file(path: Path, strict: bool = False) -> str:
+    """A whole UTF-8 text file; an empty (or blank) one is a UserError, and with `strict` so is one
+    that is not UTF-8 text (binary data: NUL bytes or invalid UTF-8)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        data = path.read_bytes()
     except OSError as e:
         raise UserError(f"Cannot read '{path}': {e.strerror or e}.") from None
+    if strict:
+        try:
+            if b"\x00" in data:
+                raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"'{path}' is not UTF-8 text (it looks like binary data); expected a text file.") from None
+    text = data.decode("utf-8", errors="replace")
     if not text.strip():
         raise UserError(f"'{path}' is empty: expected a text.")
     return text

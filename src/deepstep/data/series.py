@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import UserError
 from ..registry import DATASETS
 from .arrays import Normalizer
-from .io import read_csv_rows
+from .io import load_npy, read_csv_rows
 
 SERIES_EXPECTED = ("a CSV file with one column per series (header optional; rows in time order; "
                    "an optional date column) or a .npy array of shape (T,) or (T, C)")
@@ -239,13 +239,15 @@ def fit_scaler(train_part: np.ndarray) -> Normalizer:
 def read_series_file(path: Path | str) -> Series:
     """A CSV table or .npy array -> Series, with clear errors for every malformed input."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"Series file '{path}' is a folder; expected {SERIES_EXPECTED}.")
     if not path.is_file():
         raise UserError(f"Series file '{path}' does not exist; expected {SERIES_EXPECTED}.")
     if path.suffix.lower() == ".npy":
         try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise UserError(f"'{path}' is not a valid .npy array ({e}); expected {SERIES_EXPECTED}.") from None
+            a = load_npy(path, word="valid")
+        except UserError as e:
+            raise UserError(f"{e} Expected {SERIES_EXPECTED}.") from None
         if a.dtype.kind not in "biuf" or a.ndim not in (1, 2) or len(a) == 0:
             raise UserError(f"'{path}' holds a {a.dtype} array of shape {a.shape}; expected {SERIES_EXPECTED}.")
         a = a.reshape(len(a), -1).astype(np.float64)

@@ -227,6 +227,8 @@ def read_texts(inputs: list[str], cfg, classes: list[str]) -> tuple[list[str], l
         path = Path(arg)
         suffix = path.suffix.lower()
         looks_like_file = suffix in (".txt", ".csv", ".jsonl") and not any(c.isspace() for c in arg)
+        if path.is_dir():
+            raise UserError(f"Input '{arg}' is a folder; give the files themselves (.txt, .csv or .jsonl), or a text.")
         if not path.is_file():
             if looks_like_file:
                 raise UserError(f"Input file '{arg}' does not exist. (To classify the words themselves, "
@@ -242,7 +244,7 @@ def read_texts(inputs: list[str], cfg, classes: list[str]) -> tuple[list[str], l
             names += [f"{arg}:line{n}" for n in lines]
             labels += y or [None] * len(t)
         else:
-            texts.append(read_text_file(path))
+            texts.append(read_text_file(path, strict=True))  # binary data is not classified
             names.append(arg)
             labels.append(None)
     known = set(classes)

@@ -176,9 +176,12 @@ class PretrainedTokenizer:
         if not f.is_file():
             raise UserError(f"'{folder}' holds no saved pretrained tokenizer ({PRETRAINED_SETTINGS} is missing); "
                             "the run did not finish?")
-        settings = json.loads(f.read_text())
-        return cls(_auto_tokenizer(str(folder), True, f"the run's tokenizer '{folder}'"),
-                   int(settings["max_length"]), settings.get("source", ""))
+        try:
+            settings = json.loads(f.read_text())
+            max_length, source = int(settings["max_length"]), str(settings.get("source", ""))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"'{f}' is damaged or was edited ({type(e).__name__}: {e}); train the run again.") from None
+        return cls(_auto_tokenizer(str(folder), True, f"the run's tokenizer '{folder}'"), max_length, source)
 
 
 def _clean(text: str) -> str:

@@ -19,7 +19,10 @@ from ..errors import UserError
 def atomic_write(path: Path | str, data: bytes) -> None:
     """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # named by the file meant, not by the temporary's random name
+        raise OSError(e.errno, e.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the mode a plain open() would
         with os.fdopen(fd, "wb") as f:
@@ -27,9 +30,11 @@ def atomic_write(path: Path | str, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, tmp):
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -54,10 +59,30 @@ def load_checkpoint(path: Path | str, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"No checkpoint at '{path}': the run never finished an epoch, or the folder is not a run.")
+    if path.is_symlink():
+        raise UserError(f"Checkpoint '{path}' is a symbolic link: deepstep never follows links inside a run directory.")
+    if path.stat().st_size == 0:
+        raise UserError(f"Checkpoint '{path}' is empty (0 bytes): it was truncated. Remove it to start the run "
+                        "over, or restore it from a copy.")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt or unsafe files
-        raise UserError(f"Checkpoint '{path}' cannot be read safely ({type(e).__name__}: {str(e).splitlines()[0]}).") from None
+        raise UserError(f"Checkpoint '{path}' cannot be read safely ({type(e).__name__}: {_first_line(e)}). It is "
+                        "damaged, or holds Python objects, which deepstep never unpickles. Remove it to start the "
+                        "run over.") from None
+    if not isinstance(state, dict):
+        raise UserError(f"Checkpoint '{path}' holds a {type(state).__name__}, not a deepstep checkpoint. Remove it "
+                        "to start the run over.")
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an error, without torch's advice to unpickle (weights_only=False)."""
+    for line in str(e).splitlines():
+        line = line.strip()
+        if line and "weights_only" not in line and "allow_pickle" not in line and "pickle" not in line.lower():
+            return line[:200]
+    return "not a readable checkpoint"
 
 
 def save_weights(tensors: dict[str, torch.Tensor], path: Path | str, metadata: dict[str, str] | None = None) -> None:

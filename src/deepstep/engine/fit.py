@@ -15,6 +15,8 @@ to the run, those named in the config (`[plugins] use`, `--with NAME`) and those
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
 import shutil
@@ -26,13 +28,13 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
-from ..config import RunConfig
+from ..config import RunConfig, read_toml
 from ..errors import UserError
 from ..registry import PLUGINS, TASKS
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_weights
 from .logs import monitor_mode
-from .loop import Loop
+from .loop import Loop, signature
 from .plugin import Plugin, as_plugin
 from .run import Run, RunMeta
 from .rundir import RunDir
@@ -61,8 +63,25 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
     """
     t_start = time.perf_counter()
     named = [PLUGINS.get(n) for n in cfg.plugins.use]  # unknown names fail before anything is made
-    skip = {PLUGINS.get(n).name for n in cfg.plugins.skip}
+    for n in cfg.plugins.skip:
+        PLUGINS.get(n)
     rd = RunDir(run_dir) if run_dir is not None else None
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 owns the folder
+    if rd is not None and main:
+        if resume:  # the lock first: no other process may write this run while it is resumed
+            rd = RunDir.open(rd.path)
+            rd.lock()
+            rd.clean_temporaries()
+        else:  # nothing is created before the configuration and the data have been checked
+            RunDir.check_new(rd.path)
+    try:
+        return _fit(cfg, rd, named, plugins, resume, task, verbose, t_start)
+    finally:
+        if rd is not None:
+            rd.unlock()
+
+
+def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start) -> Run:
     # before the runtime seeds the generators, so that a first-use pretraining changes nothing here
     resuming = resume and rd is not None and rd.checkpoint.is_file()
     task_cfg = TASKS.get(cfg.task).prepare(cfg, resuming, verbose) if task is None else cfg
@@ -70,23 +89,39 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
     if rd is not None:
         # under torchrun all ranks use rank 0's folder, and only rank 0 writes to it
         path = runtime.broadcast(str(rd.path))
-        if resume:
+        if resume and not runtime.is_main:  # rank 0's was opened and locked by `fit`
             rd = RunDir.open(path)
-        else:
-            rd = RunDir.create(path, cfg.to_dict()) if runtime.is_main else RunDir(path)
     if task is None:
         task = TASKS.get(cfg.task)(task_cfg, runtime)
     elif not isinstance(task, Task) and callable(task):
         task = task(runtime)
+    check_monitor(cfg, task)
+    state = None
+    if resuming:
+        state = load_checkpoint(rd.checkpoint)
+        check_resumable(state, task, rd)
+    elif rd is not None and not resume:  # the data and the model are checked: now the folder is made
+        if runtime.is_main:
+            made = RunDir.create(path, cfg.to_dict(), hold=True)
+            rd._lock_fd, made._lock_fd = made._lock_fd, None  # held by `fit`'s handle, released there
+        else:
+            rd = RunDir(path)
     # the task's modules are built: the runtime has resolved "auto" precision and memory format
     resolved = {"precision": runtime.precision, "channels_last": bool(runtime.channels_last is True)}
     run = Run(cfg, rd, task=task, runtime=runtime, meta=RunMeta.from_dict({**task.meta, "model": cfg.model, **resolved}),
               verbose=verbose)
+    skip = {PLUGINS.get(n).name for n in cfg.plugins.skip}
     chosen = [p for p in _choose(named, plugins, skip) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
     loop = Loop(task, runtime, cfg.train.epochs, run, chosen, cfg.train.checkpoint_every, cfg.train.log_every)
+    loop.fingerprint = data_fingerprint(task)
     run.loop, run.plugins = loop, loop.plugins
-    if resuming:
-        loop.load_state_dict(load_checkpoint(rd.checkpoint))
+    if state is not None:
+        try:
+            loop.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise UserError(f"Checkpoint '{rd.checkpoint}' does not fit this run ({type(e).__name__}: "
+                            f"{(str(e).strip().splitlines() or [''])[0][:200]}). It was written by another version or "
+                            f"another configuration; remove it to start the run over.") from None
     if rd is not None and runtime.is_main:
         rd.write_json(rd.meta, run.meta.to_dict())
     final = loop.fit()
@@ -117,7 +152,83 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
     run.summary = summary
     if rd is not None and runtime.is_main:
         rd.write_json(rd.summary, summary)
+    # a key the run does not report: a typo when other metrics of its kind are reported (test/accuracy
+    # beside test/acc) is an error; a kind this run does not measure (samples/... with
+    # gen.test_samples = 0) stays "not measured"
+    reported = sorted(k for k, v in summary.items() if "/" in k and isinstance(v, (int, float)))
+    unknown_keys = [name for e in summary["expect"].values() for name in e.get("unknown", [])
+                    if any(r.split("/")[0] == name.split("/")[0] for r in reported)]
+    if unknown_keys:
+        where = f" The run itself finished: {rd.summary}." if rd is not None else ""
+        raise UserError(f"[expect] names {', '.join(repr(k) for k in unknown_keys)}, which this run does not report, "
+                        f"so the target cannot be checked. The run reports: {', '.join(reported)}. Fix the key in "
+                        f"the recipe's [expect] section.{where}")
     return run
+
+
+def check_monitor(cfg: RunConfig, task) -> None:
+    """train.monitor must be a metric the task logs every epoch, when the task declares them
+    (`metric_names()`); others are checked at the end of the first epoch (plugins/best.py)."""
+    names = getattr(task, "metric_names", None)
+    known = names() if names is not None else None
+    if known is None or not getattr(task, "has_val", False) and not cfg.train.monitor.startswith("train/"):
+        return
+    known = sorted(known)
+    if cfg.train.monitor not in known:
+        raise UserError(f"train.monitor = '{cfg.train.monitor}' is not a metric this run logs, so best weights, "
+                        f"early stopping and the plateau schedule could not follow it. Valid: "
+                        f"{', '.join(k for k in known if k.startswith(('val/', 'train/')))}.")
+
+
+def data_fingerprint(task) -> str:
+    """A digest of the data the task trains on: its own `data_fingerprint()` when it has one (the
+    arrays themselves), else its meta (shapes, classes, sizes and normalization statistics)."""
+    h = hashlib.sha256(json.dumps(task.meta, sort_keys=True, default=str).encode())
+    own = getattr(task, "data_fingerprint", None)
+    if own is not None:
+        h.update(own().encode())
+    return h.hexdigest()
+
+
+def check_resumable(state: dict, task, rd: RunDir) -> None:
+    """A checkpoint resumes only the run it was written by: the same model (names and shapes of
+    every weight) and the same data (fingerprint). Checkpoints of earlier versions lack both."""
+    if not {"task", "loop", "rng"} <= set(state) or not isinstance(state["loop"], dict):
+        raise UserError(f"Checkpoint '{rd.checkpoint}' is not a deepstep checkpoint (it lacks the task, loop and "
+                        "random states). Remove it to start the run over.")
+    saved_fp = state.get("data")
+    if saved_fp is not None and saved_fp != data_fingerprint(task):
+        try:
+            before = RunMeta.from_dict(rd.read_json(rd.meta)).to_dict() if rd.meta.is_file() else {}
+        except UserError:  # damaged: the fingerprint alone tells
+            before = {}
+        changes = [f"{k} {before[k]} -> {task.meta[k]}" for k in ("in_shape", "classes", "sizes", "num_outputs")
+                   if k in before and k in task.meta and before[k] != task.meta[k]]
+        what = f" ({'; '.join(changes)})" if changes else " (same shapes, other values)"
+        raise UserError(f"The data of the run in '{rd.path}' changed since its checkpoint was written{what}: a "
+                        f"resumed run must see the data it started with (data.name = '{task_data_name(rd)}'). "
+                        "Restore the data, or start a new run with `deepstep train`.")
+    saved = state.get("signature")
+    if saved is not None:
+        now = signature(task)
+        diffs = []
+        for name in sorted(set(saved) | set(now)):
+            a, b = saved.get(name, {}), now.get(name, {})
+            diffs += [f"{name}.{k} missing from the checkpoint" for k in b if k not in a][:3]
+            diffs += [f"{name}.{k} not in the model" for k in a if k not in b][:3]
+            diffs += [f"{name}.{k}: checkpoint {tuple(a[k])} vs model {tuple(b[k])}" for k in a
+                      if k in b and a[k] != b[k]][:3]
+        if diffs:
+            raise UserError(f"Checkpoint '{rd.checkpoint}' was written by another model than this run builds "
+                            f"({'; '.join(diffs[:6])}). The configuration or the data changed since (e.g. a CSV "
+                            "gained a column); restore them, or start a new run with `deepstep train`.")
+
+
+def task_data_name(rd: RunDir) -> str:
+    try:
+        return str(read_toml(rd.config).get("data", {}).get("name", "?"))
+    except UserError:
+        return "?"
 
 
 def resume(run_dir: Path | str, *, plugins: Sequence = (), verbose: int = 1) -> Run:
@@ -125,7 +236,8 @@ def resume(run_dir: Path | str, *, plugins: Sequence = (), verbose: int = 1) -> 
     rd = RunDir.open(run_dir)
     if rd.summary.exists():
         raise UserError(f"The run in '{rd.path}' already finished (summary.json exists); nothing to resume.")
-    cfg = Run.open(rd.path).cfg
+    # the config only: meta.json is written again by the resumed run (and compared, when readable)
+    cfg = RunConfig.from_dict(read_toml(rd.config), where=str(rd.config), strict=False)
     return fit(cfg, run_dir=rd.path, plugins=plugins, resume=True, verbose=verbose)
 
 
@@ -159,8 +271,9 @@ def check_expectations(expect: dict, metrics: dict) -> dict:
         entry = {"target": target, "value": value}
         if isinstance(target, str):
             entry["target_value"] = bar
-        if value is None or bar is None:
-            out[key] = {**entry, "met": False}
+        if value is None or bar is None:  # a key the run does not report: fit raises after the summary
+            missing = [key] * (value is None) + [target] * (isinstance(target, str) and bar is None)
+            out[key] = {**entry, "met": False, "unknown": missing}
             continue
         met = value <= bar if monitor_mode(key) == "min" else value >= bar
         out[key] = {**entry, "met": bool(met)}

@@ -20,7 +20,7 @@ import torch
 from ..errors import NonFiniteLoss
 from .checkpoint import save_checkpoint
 from .plugin import Plugin
-from .runtime import rng_state, set_rng_state
+from .runtime import rng_state, set_rng_state, unwrap
 
 
 @dataclass
@@ -31,6 +31,10 @@ class LoopState:
     step_seconds: float = 0.0
     samples: int = 0
     stopped: bool = False  # a plug-in ended training early; a resume must not continue it
+    first_loss: float = 0.0  # the largest loss of the first step: the scale divergence is measured on
+
+
+EXPLODED = 1e6  # a loss this many times the first step's (and above 1e6) counts as divergence
 
 
 class Loop:
@@ -42,6 +46,7 @@ class Loop:
         self.state = LoopState()
         self.history: list[dict] = []
         self.saved_epoch: int | None = None  # epoch of the last checkpoint this loop wrote or loaded
+        self.fingerprint: str | None = None  # digest of the training data, kept in every checkpoint
 
     @property
     def dir(self):
@@ -63,6 +68,9 @@ class Loop:
             sums, n, last, last_n = {}, 0, {}, 0
             for item in task.batches(epoch):
                 out = task.train_step(item)
+                if st.step == 0:  # one host sync per run: the scale of a sane loss
+                    st.first_loss = max([abs(float(v.detach() if torch.is_tensor(v) else v)) for k, v in out.items()
+                                         if "loss" in k] or [0.0])
                 for k, v in out.items():
                     sums[k] = sums[k] + v.detach() if k in sums else v.detach()
                 n += 1
@@ -113,7 +121,16 @@ class Loop:
         return now, n
 
     def _check_finite(self, logs: dict, where: str) -> None:
+        """Stop a diverging run: a non-finite value, or a loss grown a million-fold past the first
+        step's (at least past 1e6), e.g. Adam at lr 1e6 reaching 1e18 without overflowing."""
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+        limit = EXPLODED * max(1.0, self.state.first_loss if math.isfinite(self.state.first_loss) else 1.0)
+        huge = [k for k, v in logs.items() if "loss" in k and isinstance(v, float) and math.isfinite(v)
+                and abs(v) > limit]
+        if huge and not bad:
+            bad = huge
+            logs = {**logs, huge[0]: f"{logs[huge[0]]:.3g} (the first step's loss was "
+                                     f"{self.state.first_loss:.3g}: it exploded)"}
         if bad:
             d = self.run.dir if self.run is not None else None
             if d is None:
@@ -133,6 +150,8 @@ class Loop:
             "loop": asdict(self.state),
             "plugins": {_key(p): p.state_dict() for p in self.plugins},
             "rng": rng_state(),
+            "signature": signature(self.task),  # checked on resume (engine/fit.py check_resumable)
+            **({"data": self.fingerprint} if self.fingerprint is not None else {}),
         }
 
     def save(self) -> None:
@@ -148,6 +167,11 @@ class Loop:
                 p.load_state_dict(saved[_key(p)])
         set_rng_state(state["rng"])
         self.saved_epoch = self.state.epoch
+
+
+def signature(task) -> dict:
+    """{module: {parameter or buffer: shape}}: what a checkpoint's weights must fit."""
+    return {n: {k: list(v.shape) for k, v in unwrap(m).state_dict().items()} for n, m in task.modules().items()}
 
 
 def _from_callbacks(state: dict) -> dict:

@@ -30,7 +30,7 @@ from ..config import RunConfig, read_toml
 from ..errors import UserError
 from ..registry import TASKS
 from .checkpoint import load_state, load_weights
-from .rundir import RunDir
+from .rundir import RunDir, quoted
 from .runtime import Runtime, evaluating, unwrap
 
 
@@ -59,6 +59,41 @@ class RunMeta:
         known = {f.name for f in fields(cls)} - {"extra"}
         return cls(**{k: v for k, v in d.items() if k in known},
                    extra={k: v for k, v in d.items() if k not in known})
+
+    @classmethod
+    def read(cls, d: RunDir, task: str) -> RunMeta:
+        """meta.json of a run directory, checked: a file whose keys or types are not what training
+        wrote (damaged or edited) is a UserError naming the key, never a KeyError later."""
+        raw = d.read_json(d.meta)
+        where = f"'{d.meta}'"
+
+        def need(key, ok, expected):
+            if key not in raw:
+                raise UserError(f"{where} lacks '{key}' ({expected}): the run directory was damaged or edited. "
+                                "meta.json is written when training starts; train the run again.")
+            if not ok(raw[key]):
+                raise UserError(f"{where}: '{key}' = {str(raw[key])[:60]!r} is not {expected}: the run directory "
+                                "was damaged or edited; train the run again.")
+
+        def ints(v, lo):
+            return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= lo for i in v)
+
+        need("task", lambda v: v == task, f"this run's task '{task}'")
+        need("kind", lambda v: isinstance(v, str), "the kind of data, e.g. 'image'")
+        if raw["kind"] == "env":
+            need("obs_shape", lambda v: ints(v, 1) and v, "the observation shape, a list of positive integers")
+            need("num_actions", lambda v: isinstance(v, int) and v >= 1, "the number of actions")
+        else:
+            need("in_shape", lambda v: ints(v, 1) and v, "the input shape, a list of positive integers")
+            need("num_outputs", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                 "the number of outputs, a positive integer")
+            need("classes", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names")
+            need("loss", lambda v: isinstance(v, str), "the loss name")
+            if raw["kind"] != "text":
+                need("normalizer", lambda v: isinstance(v, dict) and {"mean", "std", "kind"} <= set(v)
+                     and all(isinstance(v[k], (list, int, float)) for k in ("mean", "std")),
+                     "the normalization statistics (mean, std, kind)")
+        return cls.from_dict(raw)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
@@ -153,8 +188,12 @@ class Run:
         d = RunDir.open(path)
         # not strict: a config.toml of an earlier version holds every task's sections
         cfg = RunConfig.from_dict(read_toml(d.config), where=str(d.config), strict=False)
-        meta = RunMeta.from_dict(d.read_json(d.meta)) if d.meta.is_file() else None
+        meta = RunMeta.read(d, cfg.task) if d.meta.is_file() else None
         summary = d.read_json(d.summary) if d.summary.is_file() else {}
+        if summary and meta is None:
+            raise UserError(f"'{d.meta}' is missing, though the run finished (summary.json exists): the run "
+                            "directory is incomplete or was edited. meta.json is written when training starts; "
+                            "train the run again.")
         return cls(cfg, d, meta=meta, summary=summary)
 
     @property
@@ -181,9 +220,10 @@ class Run:
     def _need_finished(self, what: str) -> None:
         if self.task is None and (self.dir is None or not self.dir.weights.is_file()):
             raise UserError(f"'{self.path}' has no trained weights (model.safetensors) yet: {what} needs a "
-                            f"finished run (resume it with `deepstep resume {self.path}`).")
+                            f"finished run (resume it with `deepstep resume {quoted(self.path)}`).")
         if self.meta is None:
-            raise UserError(f"'{self.path}' has no meta.json: it is not a complete deepstep run.")
+            raise UserError(f"'{self.path}' has no meta.json: the run directory is incomplete or was edited "
+                            "(meta.json is written when training starts).")
 
     # --- the model and predictions --------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:

@@ -108,7 +108,7 @@ class VAE(nn.Module):
         return self.images(self.noise(n, generator))
 
 
-@MODELS.register("ae-mlp", tags=AE_TAGS)
+@MODELS.register("ae-mlp", tags=AE_TAGS, checks={"hidden": ">= 1", "latent_dim": ">= 1"})
 def ae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 64,
            activation: str = "relu") -> AutoEncoder:
     """An MLP autoencoder, as in the guide: 784-256-64, a mirrored decoder and a sigmoid output.
@@ -143,7 +143,7 @@ def _conv_parts(name: str, in_shape, channels: list[int], activation: str):
     return nn.Sequential(*down, nn.Flatten()), math.prod(small), nn.Sequential(nn.Unflatten(1, small), *up)
 
 
-@MODELS.register("ae-conv", tags=AE_TAGS)
+@MODELS.register("ae-conv", tags=AE_TAGS, checks={"channels": ">= 1", "latent_dim": ">= 1"})
 def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_dim: int = 32,
             activation: str = "relu") -> AutoEncoder:
     """A convolutional autoencoder: stride-2 convs down, transposed convs up.
@@ -155,7 +155,7 @@ def ae_conv(in_shape, num_classes=0, *, channels: list[int] = (16, 32), latent_d
     return AutoEncoder(encoder, decoder, in_shape)
 
 
-@MODELS.register("vae-mlp", tags=VAE_TAGS)
+@MODELS.register("vae-mlp", tags=VAE_TAGS, checks={"hidden": ">= 1", "latent_dim": ">= 1"})
 def vae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: int = 16,
             activation: str = "relu") -> VAE:
     """An MLP variational autoencoder with a Gaussian latent and a Bernoulli decoder (logits).
@@ -167,7 +167,7 @@ def vae_mlp(in_shape, num_classes=0, *, hidden: list[int] = (256,), latent_dim: 
     return VAE(body, hidden[-1] if hidden else n, decoder, in_shape, latent_dim)
 
 
-@MODELS.register("vae-conv", tags=VAE_TAGS)
+@MODELS.register("vae-conv", tags=VAE_TAGS, checks={"channels": ">= 1", "latent_dim": ">= 1"})
 def vae_conv(in_shape, num_classes=0, *, channels: list[int] = (32, 64), latent_dim: int = 16,
              activation: str = "relu") -> VAE:
     """A convolutional variational autoencoder with a Gaussian latent and a Bernoulli decoder.

@@ -172,7 +172,8 @@ def transformer_layers(encoder: nn.Module) -> nn.ModuleList:
 
 
 @MODELS.register("bert", tags=("classifier", "sequence", "text", "pretrained", "pretrained-tokenizer",
-                                 "run-files"))
+                                 "run-files"),
+                 checks={"dropout": "[0, 1)", "freeze_layers": ">= 0"})
 def bert(in_shape, num_classes, vocab_size: int = 0, *, pretrained: str = BUNDLED, pooling: str = "cls",
          dropout: float = 0.1, freeze_embeddings: bool = False, freeze_layers: int = 0,
          dynamic_padding: bool = True, from_scratch: bool = False) -> PretrainedClassifier:

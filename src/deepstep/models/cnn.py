@@ -76,7 +76,9 @@ def _head(in_features: int, hidden, num_classes, activation, dropout) -> nn.Sequ
     return nn.Sequential(*layers)
 
 
-@MODELS.register("convnet", tags=("classifier", "image", "series", "conv"))
+@MODELS.register("convnet", tags=("classifier", "image", "series", "conv"),
+                 checks={"channels": ">= 1", "kernel_size": ">= 1", "stride": ">= 1", "pool_every": ">= 0",
+                         "hidden": ">= 1", "dropout": "[0, 1)"})
 def convnet(in_shape, num_classes, *, channels: list[int] = (32, 64), kernel_size: int = 3, stride: int = 1,
             pool_every: int = 1, batch_norm: bool = True, activation: str = "relu", hidden: list[int] = (128,),
             dropout: float = 0.0, global_pool: bool = False) -> ConvNet:
@@ -106,7 +108,7 @@ def _spatial(layers, in_shape):
         return nn.Sequential(*layers)(torch.zeros(1, *in_shape)).shape[2:]
 
 
-@MODELS.register("cnn-guide", tags=("classifier", "image", "conv"))
+@MODELS.register("cnn-guide", tags=("classifier", "image", "conv"), checks={"flat_features": ">= 0"})
 def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
     """The introductory guide's first CNN (row 6): one conv, a max-pool and a linear layer.
 
@@ -119,7 +121,8 @@ def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
     return ConvNet(features, nn.Sequential(nn.Flatten(), nn.Linear(n, num_classes)))
 
 
-@MODELS.register("cnn-fashion", tags=("classifier", "image", "conv"))
+@MODELS.register("cnn-fashion", tags=("classifier", "image", "conv"),
+                 checks={"dropout": "[0, 1)", "hidden": ">= 1", "flat_features": ">= 0"})
 def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 128, flat_features: int = 0) -> ConvNet:
     """The introductory guide's bigger CNN (row 7), with dropout as in PyTorch's MNIST example.
 

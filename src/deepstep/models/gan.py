@@ -64,7 +64,7 @@ def _check_image(name: str, in_shape) -> None:
                         f"Use an image data set (e.g. fashion-mnist, mnist, digits, cifar10).")
 
 
-@MODELS.register("gan-mlp", tags=_TAGS)
+@MODELS.register("gan-mlp", tags=_TAGS, checks={"latent_dim": ">= 1", "hidden": ">= 1"})
 def gan_mlp(in_shape, num_classes=0, *, latent_dim: int = 100, hidden: int = 256, spectral_norm: bool = False) -> GAN:
     """The guide's MLP GAN: G 100-256-784 (ReLU, tanh out) and D 784-256-1 (LeakyReLU 0.2).
 
@@ -77,7 +77,7 @@ def gan_mlp(in_shape, num_classes=0, *, latent_dim: int = 100, hidden: int = 256
     return GAN(g, d, in_shape, latent_dim)
 
 
-@MODELS.register("dcgan", tags=_TAGS)
+@MODELS.register("dcgan", tags=_TAGS, checks={"latent_dim": ">= 1", "width": ">= 1"})
 def dcgan(in_shape, num_classes=0, *, latent_dim: int = 100, width: int = 64, spectral_norm: bool = False) -> GAN:
     """A DCGAN for small images such as 28x28 (Radford et al. 2016).
 

@@ -81,8 +81,17 @@ def activation(name: str) -> nn.Module:
 
 
 def create_model(name: str, *args, **kwargs) -> nn.Module:
-    """Build a registered model, e.g. `create_model("mlp", (1, 28, 28), 10, hidden=[128, 64])`."""
-    return MODELS.get(name)(*args, **kwargs)
+    """Build a registered model, e.g. `create_model("mlp", (1, 28, 28), 10, hidden=[128, 64])`.
+    The options' declared ranges are checked with the config; what torch still refuses while
+    building the layers (a combination of options) is a UserError naming the options."""
+    factory = MODELS.get(name)
+    try:
+        return factory(*args, **kwargs)
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError, OverflowError, AssertionError) as e:
+        options = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its defaults"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"Model '{name}' cannot be built with {options} for data of shape {args[0] if args else '?'}: "
+                        f"{first}. `deepstep options {name}` lists its options.") from None
 
 
 def text_models() -> list[str]:

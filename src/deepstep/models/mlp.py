@@ -50,7 +50,7 @@ class MLP(nn.Module):
 _TAGS = ("classifier", "table", "image", "series")
 
 
-@MODELS.register("mlp", tags=_TAGS)
+@MODELS.register("mlp", tags=_TAGS, checks={"hidden": ">= 1", "dropout": "[0, 1)"})
 def mlp(in_shape, num_classes, *, hidden: list[int] = (128, 64), activation: str = "relu",
         dropout: float = 0.0, batch_norm: bool = False) -> MLP:
     """A multi-layer perceptron on flattened inputs, for tables, small images and short series.

@@ -219,7 +219,7 @@ def _build(block, layers, in_shape, num_classes, pretrained: str, freeze: str, r
     return model
 
 
-@MODELS.register("resnet18", tags=_TAGS)
+@MODELS.register("resnet18", tags=_TAGS, checks={"resize": ">= 0"})
 def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
              resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]) with torchvision's parameter names, for transfer learning.
@@ -229,7 +229,7 @@ def resnet18(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none
                   "resnet18")
 
 
-@MODELS.register("resnet34", tags=_TAGS)
+@MODELS.register("resnet34", tags=_TAGS, checks={"resize": ">= 0"})
 def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
              resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
     """ResNet-34 (BasicBlock, [3, 4, 6, 3]) with torchvision's parameter names, for transfer learning.
@@ -239,7 +239,7 @@ def resnet34(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none
                   "resnet34")
 
 
-@MODELS.register("resnet50", tags=_TAGS)
+@MODELS.register("resnet50", tags=_TAGS, checks={"resize": ">= 0"})
 def resnet50(in_shape, num_classes, *, pretrained: str = "", freeze: str = "none",
              resize: int = 0, new_head: bool = False, pretrained_upto: str = "all") -> ResNet:
     """ResNet-50 (Bottleneck x4, [3, 4, 6, 3]) with torchvision's parameter names, for transfer learning.

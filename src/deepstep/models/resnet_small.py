@@ -66,7 +66,7 @@ class SmallResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@MODELS.register("resnet-small", tags=("classifier", "image", "conv"))
+@MODELS.register("resnet-small", tags=("classifier", "image", "conv"), checks={"widths": ">= 1", "blocks": ">= 1"})
 def resnet_small(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), blocks: int = 2,
                  activation: str = "relu") -> SmallResNet:
     """A small ResNet for 28x28 or 32x32 images, with torchvision's block and parameter names.

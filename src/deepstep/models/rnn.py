@@ -38,6 +38,7 @@ from .layers import activation as act
 
 READOUTS = ("last", "mean", "max")
 _TAGS = ("classifier", "series", "sequence", "text")
+_CHECKS = {"hidden_size": ">= 1", "layers": ">= 1", "dropout": "[0, 1)", "embed_dim": ">= 1", "head_hidden": ">= 1"}
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
@@ -182,7 +183,7 @@ def _build(cell: str, name: str, in_shape, num_classes, vocab_size, **kw) -> Rec
     return RecurrentNet(cell, step_features(in_shape, vocab_size, name), vocab_size, num_classes, **kw)
 
 
-@MODELS.register("rnn", tags=_TAGS)
+@MODELS.register("rnn", tags=_TAGS, checks=_CHECKS)
 def rnn(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
         bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
         head_hidden: list[int] = (), activation: str = "relu", nonlinearity: str = "tanh") -> RecurrentNet:
@@ -197,7 +198,7 @@ def rnn(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, l
                   head_hidden=head_hidden, activation=activation, nonlinearity=nonlinearity)
 
 
-@MODELS.register("lstm", tags=_TAGS)
+@MODELS.register("lstm", tags=_TAGS, checks=_CHECKS)
 def lstm(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
          bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
          head_hidden: list[int] = (), activation: str = "relu") -> RecurrentNet:
@@ -210,7 +211,7 @@ def lstm(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, 
                   head_hidden=head_hidden, activation=activation)
 
 
-@MODELS.register("gru", tags=_TAGS)
+@MODELS.register("gru", tags=_TAGS, checks=_CHECKS)
 def gru(in_shape, num_classes, vocab_size: int = 0, *, hidden_size: int = 128, layers: int = 1,
         bidirectional: bool = False, dropout: float = 0.0, readout: str = "last", embed_dim: int = 64,
         head_hidden: list[int] = (), activation: str = "relu") -> RecurrentNet:

@@ -197,7 +197,9 @@ class _Untrimmed(nn.Module):
         return self.net.forward_head(self.net.features_and_attention(x, trim=False)[0])
 
 
-@MODELS.register("transformer", tags=("classifier", "series", "sequence", "text", "attention"))
+@MODELS.register("transformer", tags=("classifier", "series", "sequence", "text", "attention"),
+                 checks={"dim": ">= 1", "heads": ">= 1", "layers": ">= 1", "ff_dim": ">= 0", "dropout": "[0, 1)",
+                         "patch": ">= 1"})
 def transformer(in_shape, num_classes, vocab_size: int = 0, *, dim: int = 64, heads: int = 4, layers: int = 2,
                 ff_dim: int = 0, dropout: float = 0.1, positions: str = "sinusoidal", pooling: str = "cls",
                 patch: int = 1, fast: bool = True) -> TransformerEncoder:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 from ..engine.logs import monitor_mode
 from ..engine.plugin import Plugin
+from ..errors import UserError
 from ..registry import PLUGINS
 
 
@@ -49,6 +51,8 @@ class BestWeights(Plugin):
 
     def on_epoch_end(self, run, logs: dict) -> bool:
         value = logs.get(self.monitor)
+        if value is None and not getattr(self, "_warned", False):
+            self._missing(logs)
         if value is None or not math.isfinite(value):
             return False
         if self._better(value):
@@ -58,6 +62,18 @@ class BestWeights(Plugin):
         else:
             self.wait += 1
         return bool(self.patience) and self.wait >= self.patience
+
+    def _missing(self, logs: dict) -> None:
+        """The monitored metric is not in an epoch record: a typo (other metrics of its split are
+        logged) is an error; a split that logs nothing this run (e.g. gen.eval_samples = 0) a warning."""
+        self._warned = True
+        split = self.monitor.split("/")[0] + "/"
+        logged = sorted(k for k in logs if k.startswith(("val/", "train/")))
+        msg = (f"train.monitor = '{self.monitor}' is not a metric this run logs, so best weights and early "
+               f"stopping cannot follow it. Its epoch records hold: {', '.join(logged) or '(no metrics)'}.")
+        if any(k.startswith(split) for k in logged):
+            raise UserError(msg + " Set train.monitor to one of them.")
+        print(f"warning: {msg} Best weights and early stopping are off.", file=sys.stderr)
 
     def on_train_end(self, run, logs: dict) -> None:
         if self.restore and self.best_state is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..engine.plugin import Plugin
+from ..engine.rundir import append_line
 from ..registry import PLUGINS
 
 
@@ -31,8 +32,7 @@ class MetricsLog(Plugin):
         self.path = run.dir.metrics
 
     def on_log(self, run, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))  # never through a symbolic link
         self.lines += 1
 
     def state_dict(self) -> dict:

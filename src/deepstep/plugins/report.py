@@ -247,8 +247,11 @@ def top_losses(f: RunFiles, classes: list[str]) -> str:
     p = f.path / "predictions.npz"
     if not p.is_file():
         return ""
-    with np.load(p, allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except Exception:  # a damaged file (any of numpy's, zipfile's or zlib's errors): the part is left out
+        return ""
     if "top_loss_index" not in d or "probs" not in d or "y" not in d:
         return ""
     idx = d["top_loss_index"].astype(int).reshape(-1)

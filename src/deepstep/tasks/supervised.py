@@ -119,6 +119,12 @@ class Supervised:
             self.data = {k: TensorData(self._normalized(v[0]), v[1], runtime.device)
                          for k, v in parts.items() if v is not None}
         y = arrays.y_train
+        if self.classify and len(np.unique(np.asarray(parts["train"][1]))) < 2:
+            found = np.unique(np.asarray(parts["train"][1])).tolist()
+            raise UserError(f"{arrays.source or cfg.data.name}: the training examples hold only one class "
+                            f"({', '.join(str(arrays.classes[i]) if i < len(arrays.classes) else str(i) for i in found) or 'none'}"
+                            "), so there is nothing to tell apart. Classification needs at least two classes; "
+                            "check the label column, or data.limit / data.train_limit.")
         if self.classify:
             n_out = max(len(arrays.classes), int(y.max()) + 1)
             classes = arrays.classes or [str(i) for i in range(n_out)]
@@ -212,6 +218,31 @@ class Supervised:
         if self.norm.kind == "text" or (not self.cfg.data.normalize and x.dtype == np.float32 and x.flags.writeable):
             return x
         return self.norm(x)
+
+    def metric_names(self) -> set[str] | None:
+        """Every metric key this task logs per epoch (train/..., val/..., lr) and in its summary
+        (test/...), as `metrics` and `train_step` write them; None for a subclass that measures
+        otherwise (the generative tasks)."""
+        own = type(self)
+        if own.evaluate is not Supervised.evaluate or own.train_step is not Supervised.train_step:
+            return None
+        names = ("loss", "acc", "macro_f1") if self.classify else ("loss", "rmse", "mae")
+        train = {"train/loss", *(["train/acc"] if self.train_acc else [])}
+        return {*train, "lr", *(f"{split}/{n}" for split in ("val", "test") for n in names)}
+
+    def data_fingerprint(self) -> str:
+        """A digest of every split's inputs and targets as the model sees them (streamed inputs: their
+        row numbers and shapes), so that a resume refuses changed data."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in sorted(self.data):
+            d = self.data[name]
+            for part in ((d.rows, d.y_all) if isinstance(d, StreamData) else (d.x, d.y)):
+                a = part.detach().cpu().numpy() if isinstance(part, torch.Tensor) else np.asarray(part)
+                h.update(f"{name}:{a.dtype}:{a.shape}".encode())
+                h.update(np.ascontiguousarray(a).data)
+        return h.hexdigest()
 
     # --- before training and after it ------------------------------------------------------
     @classmethod

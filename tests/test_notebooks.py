@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import SRC
+from conftest import SRC
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 NOTEBOOKS = sorted(EXAMPLES.glob("*.ipynb"))

@@ -174,7 +174,7 @@ class NotebookView:
         keys = list(dict.fromkeys(k for r in self.rows for k in r if k not in ("epoch", "seconds")))
         head = "".join(f"<th>{html.escape(k)}</th>" for k in ["epoch", *keys, "s"])
         body = "".join("<tr>" + f"<td>{r['epoch']}</td>" + "".join(
-            f"<td>{r[k]:.4g}</td>" if k in r else "<td></td>" for k in keys) + f"<td>{r['seconds']:.1f}</td></tr>"
+            f"<td>{r[k]:.4g}</td>" if k in r else "<td></td>" for k in keys) + f"<td>{r['seconds']:.{2 if r['seconds'] < 10 else 1}f}</td></tr>"
             for r in self._shown_rows())
         table = (f'<div style="overflow-x:auto;max-height:18em;overflow-y:auto"><table style="font-size:12px">'
                  f"<tr>{head}</tr>{body}</table></div>") if self.rows else ""

@@ -11,11 +11,13 @@ from .version import __version__  # noqa: F401  (deepstep.__version__)
 
 def train(recipe: str, overrides: list[str] = (), run_dir=None, verbose: int = 1):
     """Train a recipe by name (see `list_recipes()`) with `key=value` overrides; returns the
-    finished `Run` (`.summary`, `.path`, `.predict(raw)`, `.model()`)."""
+    finished `Run` (`.summary`, `.path`, `.predict(raw)`, `.model()`). With `verbose`, progress
+    is shown while it trains (a live block in a notebook) and the test result at the end;
+    displaying the returned run in a notebook shows its summary with the report's pictures."""
     from .config import load_config
     from .run import train as _train
 
-    return _train(load_config(recipe, overrides), run_dir, verbose)
+    return _train(load_config(recipe, overrides), run_dir, verbose, show=bool(verbose))
 
 
 def list_recipes() -> list[str]:

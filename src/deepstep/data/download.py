@@ -14,10 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
+from ..quick import enabled as quick_mode
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("DEEPSTEP_CACHE", Path.home() / ".cache" / "deepstep"))
+    """$DEEPSTEP_CACHE (default ~/.cache/deepstep); in quick mode its quick/ folder, so that the
+    shortened runs cached there (pretrained backbones, feature classifiers) never stand in for
+    full ones."""
+    root = Path(os.environ.get("DEEPSTEP_CACHE", Path.home() / ".cache" / "deepstep"))
+    return root / "quick" if quick_mode() else root
 
 
 def missing_message(name: str, where: Path, files: str, why: str, hint: str = "") -> str:

@@ -30,6 +30,7 @@ from filelock import FileLock, Timeout
 
 from ..config import RunConfig, read_toml
 from ..errors import UserError
+from ..quick import shorten
 from ..registry import PLUGINS, TASKS
 from ..version import __version__
 from .checkpoint import load_checkpoint, save_weights
@@ -62,6 +63,7 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         The `Run`, with `summary` holding the final metrics under prefixed keys.
     """
     t_start = time.perf_counter()
+    cfg = shorten(cfg)  # DEEPSTEP_QUICK=1 caps epochs and data sizes (deepstep/quick.py); off: cfg as given
     named = [PLUGINS.get(n) for n in cfg.plugins.use]  # unknown names fail before anything is made
     for n in cfg.plugins.skip:
         PLUGINS.get(n)

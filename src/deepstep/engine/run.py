@@ -28,7 +28,7 @@ import torch
 
 from ..config import RunConfig, read_toml
 from ..errors import UserError
-from ..registry import TASKS
+from ..registry import PLUGINS, TASKS
 from .checkpoint import load_state, load_weights
 from .rundir import RunDir, quoted
 from .runtime import Runtime, evaluating, unwrap
@@ -292,6 +292,39 @@ class Run:
         if plays:
             return task.evaluate("test", episodes=episodes)
         return {**task.evaluate("val"), **task.evaluate("test")}
+
+    # --- how a run shows itself -------------------------------------------------------------------
+    def result_lines(self) -> list[str]:
+        """The final result as `deepstep train` prints it: the run directory, the test metrics
+        (and baselines), each target met or not, epochs and time."""
+        s = self.summary
+        if not s:
+            return [repr(self)]
+        keys = [k for k in s if k.startswith(("test/", "baseline/", "samples/", "eval/"))
+                and isinstance(s[k], (int, float)) and not isinstance(s[k], bool)]
+        lines = [f"run directory: {self.path}" if self.path else "in memory (no run directory)",
+                 "  " + "  ".join(f"{k} {s[k]:.4f}" for k in keys)]
+        for key, e in (s.get("expect") or {}).items():
+            bar = f" ({e['target_value']:.4g})" if e.get("target_value") is not None else ""
+            lines.append(f"  target {key} {e['target']}{bar}: {'met' if e['met'] else 'NOT met'}")
+        if "train_seconds" in s:
+            lines.append(f"  {s['epochs']} epochs, {s['train_seconds']:.1f} s training, "
+                         f"{s['samples_per_second']:.0f} samples/s on {s['device']}")
+        return lines
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a finished run: a compact summary with the report's key pictures.
+        The registry's "report" plug-in draws it (the engine imports no plug-in); a run without a
+        directory, or one the report cannot read, shows its result lines."""
+        import html
+
+        if self.path is not None and self.summary and PLUGINS.has("report", "default"):
+            try:
+                return PLUGINS.get("report").run_html(self)
+            except Exception as e:  # noqa: BLE001 - a display must not raise in a notebook
+                return (f"<pre>{html.escape(chr(10).join(self.result_lines()))}</pre>"
+                        f"<p>(no summary picture: {html.escape(f'{type(e).__name__}: {e}')})</p>")
+        return f"<pre>{html.escape(chr(10).join(self.result_lines()))}</pre>"
 
     def __repr__(self) -> str:
         state = "finished" if self.summary else "live" if self.task is not None else "unfinished"

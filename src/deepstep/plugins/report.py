@@ -448,6 +448,11 @@ class Report(Plugin):
     def applies_to(self, run) -> bool:
         return run.dir is not None
 
+    @staticmethod
+    def run_html(run) -> str:
+        """How a `Run` shows itself in a notebook (engine.run.Run._repr_html_)."""
+        return notebook_summary(run.path, run.summary or None)
+
     def on_finish(self, run, summary: dict) -> None:
         t = time.perf_counter()
         try:
@@ -458,3 +463,100 @@ class Report(Plugin):
             return
         if run.verbose:
             print(f"report: {path} ({time.perf_counter() - t:.2f} s)")
+
+
+# --- the notebook's view of a run (Run._repr_html_) ------------------------------------------------
+NOTEBOOK_CSS = """
+.deepstep-run{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d232a;max-width:1060px;
+border:1px solid #e1e4e8;border-radius:8px;padding:8px 12px;background:#fff}
+.deepstep-run h3{font-size:1.1em;margin:.2em 0}
+.deepstep-run p{margin:.25em 0}
+.deepstep-run .facts{color:#4a535d;font-size:.92em}
+.deepstep-run table{border-collapse:collapse;font-size:.92em;margin:.3em 0}
+.deepstep-run th,.deepstep-run td{padding:2px 10px;border-bottom:1px solid #e6e8eb;text-align:left}
+.deepstep-run .met{color:#0b6b2b;font-weight:700}
+.deepstep-run .notmet{color:#b3261e;font-weight:700}
+.deepstep-run .label{font-weight:700;color:#8a4b00}
+.deepstep-run .figs{display:flex;flex-wrap:wrap;gap:10px;margin-top:6px}
+.deepstep-run figure{margin:0;width:330px}
+.deepstep-run img{max-width:100%;height:auto;display:block}
+.deepstep-run .pix{image-rendering:pixelated}
+.deepstep-run figcaption{font-size:.8em;color:#4a535d}
+"""
+
+
+def notebook_pictures(f: RunFiles, limit: int = 4) -> list[str]:
+    """The report's key pictures for a notebook: the loss curve, then by task the confusion matrix,
+    the forecast, samples or reconstructions, the agent's return, a first attribution map."""
+    figs = []
+    rl, _ = reinforcement(f)
+    loss = [(png, cap) for png, cap in curves(f) if png and "loss" in cap.lower()]
+    if loss:
+        figs.append(figure(*loss[0]))
+    c = read_json(f.path / "classes.json")
+    if isinstance(c, dict) and c.get("confusion"):
+        counts = np.asarray(c["confusion"], float)
+        norm = np.asarray(c.get("confusion_normalized") or counts / np.maximum(counts.sum(1, keepdims=True), 1))
+        classes = [str(x) for x in c.get("classes", [])]
+        if norm.shape == (len(classes), len(classes)):
+            figs.append(figure(heatmap_png(norm, classes, counts), "Confusion matrix (test), row-normalized"))
+    png = f.png("forecast.png")
+    if png:
+        figs.append(figure(png, "Forecasts on the test part against the actual values and the baselines"))
+    for name, caption in (("samples.png", "Samples"), ("reconstructions.png", "Test inputs and reconstructions")):
+        png = f.png(name)
+        if png:
+            shown = reconstructions_png(png, f.meta.get("in_shape") or []) if name == "reconstructions.png" else None
+            figs.append(figure(shown or upscaled(png), caption, pixelated=not shown))
+    if rl:
+        keys = [k for k in dict.fromkeys(k for r in f.epochs for k in r) if "return" in k and not k.endswith("_std")]
+        png = curve_png(f.epochs, keys, "episode return", "return")
+        if png:
+            figs.append(figure(png, "Episode return per epoch"))
+    first = sorted((f.path / "explain").glob("*.png")) if (f.path / "explain").is_dir() else []
+    if first:
+        figs.append(figure(first[0].read_bytes(), f"Attribution: {first[0].name}"))
+    return figs[:limit]
+
+
+def notebook_summary(run_path: Path | str, summary: dict | None = None) -> str:
+    """A compact HTML summary of a finished run for Jupyter (`Run._repr_html_`): recipe and facts,
+    the targets met or not, the diagnosis, the test metrics beside their baselines, the key
+    pictures, and where the full report is."""
+    f = RunFiles(run_path, summary)
+    s = f.summary
+    facts = [f.cfg.task, esc(f.meta.get("source") or f.cfg.data.name), esc(f.cfg.model.get("name", ""))]
+    if "epochs" in s:
+        facts.append(f"{fmt(s['epochs'])} epochs")
+    if "train_seconds" in s:
+        facts.append(f"{_duration(s['train_seconds'])} training on {esc(s.get('device', ''))}")
+    parts = [f'<div class="deepstep-run"><style>{NOTEBOOK_CSS}</style><h3>{esc(f.name())}</h3>',
+             f'<p class="facts">{" &middot; ".join(facts)}</p>']
+    if f.cfg.description:
+        parts.append(f'<p class="facts">{esc(f.cfg.description)}</p>')
+    for key, e in f.expect.items():
+        sign = "&le;" if monitor_mode(key) == "min" else "&ge;"
+        verdict = '<span class="met">met</span>' if e.get("met") else '<span class="notmet">NOT met</span>'
+        parts.append(f"<p>target {esc(key)} {sign} {fmt(e.get('target_value', e.get('target')))}: "
+                     f"{fmt(e.get('value'))} {verdict}</p>")
+    d = s.get("diagnosis")
+    if isinstance(d, dict) and d.get("label"):
+        rem = d.get("remedies") or []
+        parts.append(f'<p>diagnosis: <span class="label">{esc(d["label"])}</span>'
+                     + (f" &middot; try: <code>{esc(rem[0])}</code>" if rem else "") + "</p>")
+    keys = [k for k in s if k.startswith(("test/", "eval/", "samples/", "baseline/"))
+            and isinstance(s[k], (int, float)) and not isinstance(s[k], bool)]
+    if keys:
+        parts.append(table(["metric", "value"], [[esc(k), fmt(s[k])] for k in keys]))
+    figs = notebook_pictures(f)
+    if figs:
+        parts.append('<div class="figs">' + "".join(figs) + "</div>")
+    report = f.path / "report.html"
+    if report.is_file():
+        try:
+            shown = report.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = report.resolve()
+        parts.append(f'<p class="facts">The whole report: <a href="{esc(shown)}" target="_blank">{esc(shown)}</a> '
+                     f"&middot; run directory {esc(f.path)}</p>")
+    return "".join(parts) + "</div>"

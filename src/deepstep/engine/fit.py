@@ -61,6 +61,11 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
     """
     t_start = time.perf_counter()
     named = [PLUGINS.get(n) for n in cfg.plugins.use]  # unknown names fail before anything is made
+    found = None
+    if cfg.optim.lr == "auto":  # the range test first; config.toml records the rate it found
+        from .lr_find import with_found_rate
+
+        cfg, found = with_found_rate(cfg, verbose)
     rd = RunDir(run_dir) if run_dir is not None else None
     # before the runtime seeds the generators, so that a first-use pretraining changes nothing here
     resuming = resume and rd is not None and rd.checkpoint.is_file()
@@ -77,6 +82,7 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         task = TASKS.get(cfg.task)(task_cfg, runtime)
     elif not isinstance(task, Task) and callable(task):
         task = task(runtime)
+    runtime.seed_rank()  # the model is built alike on every rank; dropout and augmentation now differ
     run = Run(cfg, rd, task=task, runtime=runtime, meta=RunMeta.from_dict({**task.meta, "model": cfg.model}),
               verbose=verbose)
     chosen = [p for p in _choose(named, plugins) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
@@ -102,6 +108,8 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         "seed": cfg.train.seed,
         "versions": versions(),
     }
+    if found is not None:
+        summary.update({"lr_find/steepest": found["steepest"], "lr_find/min_10": found["min_10"]})
     if rd is not None and runtime.is_main:
         save_weights({f"{n}.{k}": v for n, m in task.modules().items() for k, v in unwrap(m).state_dict().items()},
                      rd.weights, {"recipe": cfg.recipe})

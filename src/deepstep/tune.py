@@ -261,15 +261,16 @@ class Tuner:
     def _open_study(self):
         optuna = self.optuna
         kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if self.storage_url.startswith("sqlite") else {}
-        try:
-            storage = optuna.storages.RDBStorage(self.storage_url, **kwargs)
-        except Exception as e:  # a bad URL, a missing driver, a server that does not answer
-            raise UserError(f"Cannot open the study storage '{self.storage_url}': {e}. Use sqlite:///path/study.db, "
-                            "postgresql://user:pass@host/db or mysql+pymysql://user:pass@host/db (with its "
-                            "driver installed).") from None
         what = {"recipe": self.cfg.recipe, "overrides": self.overrides, "monitor": self.monitor,
                 "space": {k: d.text() for k, d in self.space.items()}}
+        # under the folder's lock: two processes creating one SQLite file's tables at once collide
         with self._study_lock():
+            try:
+                storage = optuna.storages.RDBStorage(self.storage_url, **kwargs)
+            except Exception as e:  # a bad URL, a missing driver, a server that does not answer
+                raise UserError(f"Cannot open the study storage '{self.storage_url}': {e}. Use sqlite:///path/study.db, "
+                                "postgresql://user:pass@host/db or mysql+pymysql://user:pass@host/db (with its "
+                                "driver installed).") from None
             try:
                 existing = optuna.load_study(study_name=self.name, storage=storage)
             except KeyError:
@@ -478,7 +479,9 @@ class Tuner:
         made = []
         for name, draw in (("history.png", vis.plot_optimization_history), ("importance.png", vis.plot_param_importances)):
             try:
-                ax = draw(self.study, target_name=self.monitor)
+                with warnings.catch_warnings():  # "too few trials: importances will be equal" and the like
+                    warnings.simplefilter("ignore")
+                    ax = draw(self.study, target_name=self.monitor)
             except (ValueError, RuntimeError, ZeroDivisionError):
                 continue
             fig = ax.figure

@@ -22,7 +22,7 @@ from deepstep.engine.fit import fit
 from deepstep.engine.rundir import RunDir
 from deepstep.errors import UserError
 from deepstep.plugins.tune_pruner import TunePruner
-from deepstep.tune import Tuner, parse_dist, parse_space
+from deepstep.tune import Tuner, parse_dist, parse_space, recipe_space
 
 pytest.importorskip("optuna")
 
@@ -38,6 +38,8 @@ def test_distributions_parse():
     c = parse_dist("model.hidden", "choice([64], [128, 64], 'a,b')")
     assert c.choices == ("[64]", "[128, 64]", "'a,b'")
     assert parse_space(["model.dropout=uniform(0, 0.5)"])["model.dropout"].kind == "uniform"
+    assert recipe_space("digits-mlp")["optim.lr"].kind == "loguniform"  # the recipe's [tune] table
+    assert load_config("digits-mlp").optim.lr == 2e-3  # which training ignores
 
 
 @pytest.mark.parametrize("text, says", [

@@ -114,8 +114,8 @@ class OptimConfig:
             raise unknown("optimizer", self.name, OPTIMIZERS)
         if isinstance(self.lr, str):
             if self.lr != "auto":
-                raise UserError(f"optim.lr = '{self.lr}' must be a positive number or 'auto' (the learning-rate "
-                                "finder's suggestion).")
+                raise UserError(f"optim.lr = '{self.lr}' has the wrong type: expected float (e.g. 0.001) or 'auto' "
+                                "(the learning-rate finder's suggestion).")
         elif self.lr <= 0:
             raise UserError(f"optim.lr = {self.lr} must be positive.")
         if not 0.0 < self.stage_lr_decay <= 1.0:

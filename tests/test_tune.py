@@ -119,9 +119,9 @@ def test_a_study_refuses_other_arguments(tmp_path):
 
 # --- a real study: two workers, SIGKILL, rerun ----------------------------------------------
 
-TRIALS = 8
+TRIALS = 6
 ARGS = ["--trials", str(TRIALS), "--space", "optim.lr=loguniform(1e-3,3e-2)",
-        "--space", "model.dropout=uniform(0,0.4)", "--set", "train.epochs=6",
+        "--space", "model.dropout=uniform(0,0.4)", "--set", "train.epochs=5",
         *[a for s in TINY for a in ("--set", s)]]
 
 

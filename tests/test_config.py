@@ -242,7 +242,7 @@ def test_every_field_has_help():
     for section, cls in all_sections().items():
         for f in fields(cls):
             assert f.metadata.get("help"), f"{section}.{f.name} has no help text"
-    assert any(line.startswith("optim.lr (float, default 0.001)") for line in lines)
+    assert any(line.startswith("optim.lr (float | str, default 0.001)") for line in lines)  # str: "auto"
 
 
 def test_defaults_are_finite_and_valid():

@@ -1,5 +1,5 @@
 """`deepstep` command line: list, options, train, resume, eval, predict, sample, play, report, explain,
-scratch.
+tune, lr-find, scratch.
 
 Every command that reads a run opens it as one `Run` (engine/run.py) and dispatches on the
 capabilities its task declares in the registry ("predict", "reconstruct", "forecast", "sample",
@@ -101,6 +101,33 @@ def _parser() -> argparse.ArgumentParser:
                    "and OUT-decoder.onnx); FILE.json beside it says what it reads and returns")
     s.add_argument("--exporter", default="auto", help="ONNX exporter: auto (dynamo, else the TorchScript-based "
                    "one), dynamo or torchscript")
+
+    s = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE, median pruning on the validation "
+                       "metric); resumable, parallel over one study storage")
+    s.add_argument("recipe", help="recipe name or TOML file; its [tune] table is the default space")
+    s.add_argument("--trials", type=int, default=20, help="the study's total number of trials (default 20), "
+                   "shared by every process working on it")
+    s.add_argument("--space", action="append", default=[], metavar="KEY=DIST",
+                   help="a dimension: loguniform(a,b), uniform(a,b), int(a,b) or choice(x,y,...), e.g. "
+                   "--space optim.lr=loguniform(1e-4,1e-1) (repeatable)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every trial (repeatable)")
+    s.add_argument("--dir", help="the study folder: trial run directories, study.db, best.toml, plots "
+                   "(default runs/<recipe>-tune)")
+    s.add_argument("--storage", help="Optuna storage URL (default sqlite:///DIR/study.db); PostgreSQL or MySQL "
+                   "to tune on several machines")
+    s.add_argument("--study", help="study name in the storage (default the recipe's name)")
+    s.add_argument("--timeout", type=float, help="start no new trial after this many seconds")
+
+    s = sub.add_parser("lr-find", help="learning-rate range test: the rate grows exponentially over a few "
+                       "hundred steps; plots the smoothed loss and suggests a rate")
+    s.add_argument("recipe", help="recipe name or TOML file")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    s.add_argument("--steps", type=int, default=200, help="steps of the test (default 200)")
+    s.add_argument("--start-lr", type=float, default=1e-7, help="first rate (default 1e-7)")
+    s.add_argument("--end-lr", type=float, default=10.0, help="last rate (default 10)")
+    s.add_argument("--out", help="folder for lr_find.png and lr_find.json (default runs/<recipe>-lr-find)")
 
     s = sub.add_parser("scratch", help="train the NumPy network with hand-written backprop on digits")
     s.add_argument("--hidden", type=int, default=32, help="hidden units")
@@ -400,6 +427,29 @@ def cmd_explain(args) -> None:
           + (f" (`deepstep report {run.path}` adds them to its report.html)" if args.out is None else ""))
 
 
+def cmd_tune(args) -> None:
+    from .tune import Tuner, parse_space
+
+    Tuner(args.recipe, args.overrides, parse_space(args.space), trials=args.trials, folder=args.dir,
+          storage=args.storage, study=args.study, timeout=args.timeout).run()
+
+
+def cmd_lr_find(args) -> None:
+    from .config import load_config
+    from .engine.lr_find import lr_find, plot_lr_find
+
+    cfg = load_config(args.recipe, args.overrides)
+    r = lr_find(cfg, steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr)
+    out = Path(args.out) if args.out else Path(os.environ.get("DEEPSTEP_RUNS", "runs")) / f"{cfg.recipe}-lr-find"
+    png = plot_lr_find(r, out)
+    print(f"{cfg.recipe}: {len(r['lrs'])} steps from {r['lrs'][0]:.2g} to {r['lrs'][-1]:.3g}"
+          + (f" (stopped: {r['stopped']})" if r["stopped"] else ""))
+    print(f"  suggested optim.lr = {r['steepest']:.3g} (steepest descent of the smoothed loss); "
+          f"minimum/10 = {r['min_10']:.3g} (the loss is lowest at {r['minimum']:.3g})")
+    print(f"  {png} and {out / 'lr_find.json'}; train with it: --set optim.lr={r['steepest']:.3g} "
+          "(or --set optim.lr=auto)")
+
+
 def cmd_scratch(args) -> None:
     from .scratch import digits_demo
 
@@ -415,7 +465,8 @@ def cmd_scratch(args) -> None:
 
 COMMANDS = {"list": cmd_list, "options": cmd_options, "train": cmd_train, "resume": cmd_resume,
             "eval": cmd_eval, "predict": cmd_predict, "sample": cmd_sample, "play": cmd_play, "report": cmd_report,
-            "explain": cmd_explain, "scratch": cmd_scratch, "export": cmd_export}
+            "explain": cmd_explain, "scratch": cmd_scratch, "export": cmd_export,
+            "tune": cmd_tune, "lr-find": cmd_lr_find}
 
 
 class Terminated(KeyboardInterrupt):

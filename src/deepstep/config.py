@@ -172,7 +172,8 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = opt("adam", "optimizer: sgd, adam, adamw, rmsprop")
-    lr: float = opt(1e-3, "learning rate (the peak rate for one-cycle)", "> 0")
+    lr: float | str = opt(1e-3, "learning rate (the peak rate for one-cycle); 'auto': run the learning-rate "
+                                "finder (`deepstep lr-find`) first and train with its suggestion", "> 0")
     weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)", ">= 0")
     momentum: float = opt(0.9, "momentum for sgd and rmsprop (sgd: 0 gives plain SGD)", "[0, 1)")
     nesterov: bool = opt(False, "Nesterov momentum for sgd")
@@ -187,7 +188,11 @@ class OptimConfig:
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
             raise unknown("optimizer", self.name, OPTIMIZERS)
-        if self.lr <= 0:
+        if isinstance(self.lr, str):
+            if self.lr != "auto":
+                raise UserError(f"optim.lr = '{self.lr}' has the wrong type: expected float (e.g. 0.001) or 'auto' "
+                                "(the learning-rate finder's suggestion).")
+        elif self.lr <= 0:
             raise UserError(f"optim.lr = {self.lr} must be positive.")
         if not 0.0 < self.stage_lr_decay <= 1.0:
             raise UserError(f"optim.stage_lr_decay = {self.stage_lr_decay} must be in (0, 1]: the factor by which "
@@ -608,6 +613,7 @@ def load_config(recipe: str, overrides: list[str] = ()) -> RunConfig:
     """Resolve a recipe name (or TOML path) plus `--set` overrides into a RunConfig."""
     path = recipe_path(recipe)
     raw = read_toml(path)
+    raw.pop("tune", None)  # a recipe's default search space, read by `deepstep tune` (tune.py)
     d = apply_overrides(raw, list(overrides))
     d.setdefault("recipe", path.stem)
     # a section the run's task does not use is blamed on the --set that brought it, if one did

@@ -77,13 +77,18 @@ def fit(cfg: RunConfig, *, run_dir: Path | str | None = None, plugins: Sequence 
         else:  # nothing is created before the configuration and the data have been checked
             RunDir.check_new(rd.path)
     try:
-        return _fit(cfg, rd, named, plugins, resume, task, verbose, t_start)
+        found = None
+        if cfg.optim.lr == "auto":  # the range test first; config.toml records the rate it found
+            from .lr_find import with_found_rate
+
+            cfg, found = with_found_rate(cfg, verbose)
+        return _fit(cfg, rd, named, plugins, resume, task, verbose, t_start, found)
     finally:
         if rd is not None:
             rd.unlock()
 
 
-def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start) -> Run:
+def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start, found=None) -> Run:
     # before the runtime seeds the generators, so that a first-use pretraining changes nothing here
     resuming = resume and rd is not None and rd.checkpoint.is_file()
     task_cfg = TASKS.get(cfg.task).prepare(cfg, resuming, verbose) if task is None else cfg
@@ -98,6 +103,7 @@ def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start) -> Run:
     elif not isinstance(task, Task) and callable(task):
         task = task(runtime)
     check_monitor(cfg, task)
+    runtime.seed_rank()  # the model is built alike on every rank; dropout and augmentation now differ
     state = None
     if resuming:
         state = load_checkpoint(rd.checkpoint)
@@ -144,6 +150,8 @@ def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start) -> Run:
         "seed": cfg.train.seed,
         "versions": versions(),
     }
+    if found is not None:
+        summary.update({"lr_find/steepest": found["steepest"], "lr_find/min_10": found["min_10"]})
     if rd is not None and runtime.is_main:
         save_weights({f"{n}.{k}": v for n, m in task.modules().items() for k, v in unwrap(m).state_dict().items()},
                      rd.weights, {"recipe": cfg.recipe})

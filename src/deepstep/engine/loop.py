@@ -95,8 +95,8 @@ class Loop:
             # every rank must take the same decision, or the others wait forever in the next step
             st.stopped = bool(self.runtime.all_reduce_sum(torch.tensor(float(stop))).item() > 0)
             self.history.append(logs)
-            if self.dir is not None and (st.epoch % self.checkpoint_every == 0 or st.stopped
-                                         or st.epoch == self.epochs):
+            writes = self.run is not None and self.run.dir is not None  # on every rank: save() gathers
+            if writes and (st.epoch % self.checkpoint_every == 0 or st.stopped or st.epoch == self.epochs):
                 self.save()
         final: dict = {}
         for p in pls:
@@ -155,8 +155,16 @@ class Loop:
         }
 
     def save(self) -> None:
-        save_checkpoint(self.state_dict(), self.dir.checkpoint)
+        """Write the checkpoint (main process). Distributed, every rank calls it: each rank's random
+        state is gathered into `rng_ranks`, so that a resume gives every rank its own stream back."""
+        ranks = self.runtime.gather(rng_state()) if self.runtime.distributed else None
         self.saved_epoch = self.state.epoch
+        if self.dir is None:
+            return
+        state = self.state_dict()
+        if ranks is not None:
+            state["rng_ranks"] = ranks
+        save_checkpoint(state, self.dir.checkpoint)
 
     def load_state_dict(self, state: dict) -> None:
         self.task.load_state_dict(state["task"])
@@ -166,6 +174,12 @@ class Loop:
             if _key(p) in saved:  # a plug-in added since the checkpoint starts from scratch
                 p.load_state_dict(saved[_key(p)])
         set_rng_state(state["rng"])
+        if self.runtime.rank > 0:  # its own stream: saved by save(), or a fresh one (older checkpoint, other world size)
+            ranks = state.get("rng_ranks") or []
+            if len(ranks) == self.runtime.world_size:
+                set_rng_state(ranks[self.runtime.rank])
+            else:
+                self.runtime.seed_rank()
         self.saved_epoch = self.state.epoch
 
 

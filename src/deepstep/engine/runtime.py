@@ -176,6 +176,14 @@ class Runtime:
             torch.cuda.set_device(self.device)
         seed_everything(seed, deterministic)
 
+    def seed_rank(self) -> None:
+        """Give each process its own random stream for dropout and augmentation: rank r > 0 reseeds
+        with `seed + r` once the task (and so the model, which DDP copies from rank 0) is built.
+        Rank 0 keeps the stream of a single-process run, so its results do not move. The shared
+        data permutation has its own generator (seeded by the epoch), the same on every rank."""
+        if self.rank > 0:
+            seed_everything(self.seed + self.rank)
+
     @classmethod
     def from_config(cls, train_cfg) -> Runtime:
         return cls(
@@ -259,6 +267,14 @@ class Runtime:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def gather(self, obj) -> list:
+        """Every rank's `obj` (small and picklable), in rank order, on every rank."""
+        if not self.distributed:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
 
     def barrier(self) -> None:
         if self.distributed:

@@ -388,7 +388,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["world_size"] == 2 and s["epochs"] == 2
-    assert s["test/acc"] > 0.8
+    assert s["test/acc"] > 0.7  # 2 epochs; each rank has its own dropout masks (seed + rank)
     logs = RunDir(run_dir).read_metrics()
     assert [r["epoch"] for r in logs if "epoch" in r] == [1, 2]  # only rank 0 wrote
     assert logs[-1]["step"] == 2 * 7  # 399 examples per rank in batches of 57

@@ -135,6 +135,9 @@ def _feature_net(data_cfg, log) -> FeatureNet:
             f"({epochs} epochs, cached in {folder}) ...")
         spec = json.loads(json.dumps(FEATURE_NET))
         spec["train"]["epochs"] = epochs
+        # fp32 as before train.precision = "auto" existed: the instrument stays the same one, and the
+        # classifiers already cached (trained in fp32) keep their key
+        spec["train"]["precision"] = "fp32"
         cfg = RunConfig.from_dict({**spec, "data": dataclasses.asdict(data), "recipe": "feature-net"},
                                   where="the feature classifier")
         cached_run(cfg, folder, verbose=0, what=f"the feature classifier of '{data.name}'", announce=False)

@@ -63,6 +63,8 @@ class Supervised:
         loss: 'cross_entropy' (classification) or 'mse', 'l1', 'huber' (regression).
     """
 
+    tta = ""  # train.tta of image runs; subclasses with other inputs (forecast) keep ""
+
     def __init__(self, cfg: RunConfig, runtime: Runtime, arrays: Arrays | None = None, model: torch.nn.Module | None = None,
                  loss: str = "cross_entropy", train_acc: bool = True):
         if loss not in LOSSES:

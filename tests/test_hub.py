@@ -108,6 +108,29 @@ def test_plugin_state_is_in_the_checkpoint_so_resume_is_exact(tmp_path):
         assert (tmp_path / "cut" / f).read_text() == (tmp_path / "ref" / f).read_text(), f
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True], ids=["bf16-channels-last", "bf16-channels-last-compile"])
+def test_resume_is_exact_on_the_fast_path(tmp_path, compiled):
+    """A conv net under bf16 autocast and channels_last (forced, so any CPU takes this path), eager
+    and compiled: killed mid-epoch and resumed, it ends with the uninterrupted run's weights and
+    logs."""
+    from safetensors.torch import load_file
+
+    cfg = load_config("digits-cnn", ["train.epochs=3", "train.threads=1", "train.precision=bf16",
+                                     "train.channels_last=true", f"train.compile={str(compiled).lower()}",
+                                     "plugins.skip=['explanations', 'report', 'model-card']"])
+    ref = fit(cfg, run_dir=tmp_path / "ref", verbose=0)
+    assert ref.summary["precision"] == "bf16" and ref.summary["channels_last"] is True
+    spe = ref.task.steps_per_epoch
+    with pytest.raises(Killed):
+        fit(cfg, run_dir=tmp_path / "cut", verbose=0, plugins=[KillAt(spe + spe // 2)])
+    resumed = resume(tmp_path / "cut", verbose=0)
+    assert resumed.summary["test/loss"] == ref.summary["test/loss"]
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "ref" / "metrics.jsonl").read_text()
+
+
 class Recorder(Plugin):
     """Records the events it sees, in order (a plug-in in a test, no registration needed)."""
 

@@ -225,7 +225,10 @@ class Runtime:
             ids = [self.device.index] if self.device.type == "cuda" else None
             inner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
         if self.compile:
-            inner = torch.compile(inner)
+            # static shapes: each batch shape (full, last partial, evaluation) gets its own graph
+            # whatever shapes came before, so a resumed run runs the kernels of an uninterrupted one
+            # (with automatic dynamic shapes it switched graphs after the first partial batch)
+            inner = torch.compile(inner, dynamic=False)
         return RuntimeModule(model, inner, self)
 
     def choose_threads(self, model: torch.nn.Module, args: tuple, kwargs: dict) -> None:

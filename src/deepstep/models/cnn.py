@@ -139,15 +139,21 @@ def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 1
 
 @MODELS.register("speedcnn", tags=("classifier", "image", "conv"))
 def speedcnn(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), hidden: int = 128,
-             dropout: float = 0.3, pool_last: bool = False, activation: str = "gelu") -> ConvNet:
+             dropout: float = 0.3, pool_last: bool = False, activation: str = "gelu", stem: str = "pool") -> ConvNet:
     """A batch-norm CNN sized for time-to-accuracy on a CPU (recipe fashion-speedrun).
 
     Every block is conv 3x3 -> max-pool 2 -> BN -> act (pooling before BN and the activation
     costs a quarter of the work, as in airbench); the first block reads the image at full size, the
     last one keeps its resolution unless `pool_last`; then flatten -> linear `hidden` (no bias) ->
     BN -> act -> dropout -> linear. 28x28 input, widths 32-64-128: 7x7x128 features, 8.2M
-    multiply-adds per image."""
+    multiply-adds per image.
+
+    `stem` is how the first block halves the image: "pool" (conv 3x3, then max-pool), "stride"
+    (a 3x3 conv with stride 2: no full-size feature map) or "patch" (a 2x2 conv with stride 2 on
+    non-overlapping patches)."""
     _image_only(in_shape, "speedcnn")
+    if stem not in ("pool", "stride", "patch"):
+        raise UserError(f"model.stem = '{stem}' is not one of 'pool', 'stride', 'patch'.")
     if not widths or any(w < 1 for w in widths) or hidden < 1:
         raise UserError(f"model.widths = {list(widths)} and model.hidden = {hidden} must be positive.")
     if not 0.0 <= dropout < 1.0:
@@ -155,10 +161,16 @@ def speedcnn(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), hidden
     layers: list[nn.Module] = []
     c = in_shape[0]
     for i, w in enumerate(widths):
-        layers.append(nn.Conv2d(c, w, 3, padding=1, bias=False))
         last = i == len(widths) - 1
-        if (not last or pool_last) and min(_spatial(layers, in_shape)) >= 2:
-            layers.append(nn.MaxPool2d(2))
+        halve = (not last or pool_last) and min(in_shape[1:] if i == 0 else _spatial(layers, in_shape)) >= 2
+        if i == 0 and halve and stem == "stride":
+            layers.append(nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False))
+        elif i == 0 and halve and stem == "patch":
+            layers.append(nn.Conv2d(c, w, 2, stride=2, bias=False))
+        else:
+            layers.append(nn.Conv2d(c, w, 3, padding=1, bias=False))
+            if halve and min(_spatial(layers, in_shape)) >= 2:
+                layers.append(nn.MaxPool2d(2))
         layers += [nn.BatchNorm2d(w), act(activation)]
         c = w
     features = nn.Sequential(*layers)

@@ -200,3 +200,17 @@ def test_resnet_small_uses_torchvision_parameter_names():
 def test_unknown_model_suggests_close_name():
     with pytest.raises(UserError, match=r"Unknown model 'mpl'.*Did you mean 'mlp'"):
         create_model("mpl", IMAGE_8, 10)
+
+
+@pytest.mark.parametrize("stem", ["pool", "stride", "patch"])
+def test_speedcnn_stems_halve_the_image_in_the_first_block(stem):
+    m = create_model("speedcnn", (1, 28, 28), 10, widths=[8, 16, 16], hidden=32, stem=stem, activation="relu")
+    assert m(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert m.features(torch.zeros(1, 1, 28, 28)).shape == (1, 16, 7, 7)  # 28 -> 14 (stem) -> 7, the last block keeps 7x7
+    first_block_pools = any(isinstance(x, torch.nn.MaxPool2d) for x in m.features[:2])
+    assert first_block_pools == (stem == "pool")
+
+
+def test_speedcnn_refuses_an_unknown_stem():
+    with pytest.raises(UserError, match="model.stem"):
+        create_model("speedcnn", (1, 28, 28), 10, stem="pixel")

@@ -180,6 +180,20 @@ def test_strings_from_the_run_are_escaped(mlp, tmp_path):
     assert 'id="diagnosis"' in html
 
 
+def test_a_torchrun_run_says_how_many_processes_trained_it(mlp, tmp_path):
+    from deepstep.plugins.report import notebook_summary
+
+    copy = tmp_path / "run"
+    shutil.copytree(mlp, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["world_size"] == 1
+    assert "processes" not in " ".join(parse(write_report(copy)).text) and "processes" not in notebook_summary(copy)
+    summary["world_size"] = 2
+    text = " ".join(parse(write_report(copy, summary=summary)).text)
+    assert f"{summary['device']} × 2 processes" in text
+    assert f"training on {summary['device']} &times; 2 processes" in notebook_summary(copy, summary)
+
+
 def test_classification_section_from_classes_files(mlp, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(mlp, copy)

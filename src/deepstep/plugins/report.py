@@ -91,7 +91,7 @@ def header(f: RunFiles) -> str:
         model = esc(model)
     facts.append(("model", model))
     if "device" in s:
-        facts.append(("device", esc(s["device"])))
+        facts.append(("device", _device(s)))
     if "train_seconds" in s:
         t = s["train_seconds"]
         speed = f" &middot; {s['samples_per_second']:,.0f} samples/s" if s.get("samples_per_second") else ""
@@ -109,6 +109,12 @@ def header(f: RunFiles) -> str:
     return (f"<header><h1>{esc(f.name())}</h1>"
             + (f'<p class="desc">{esc(cfg.description)}</p>' if cfg.description else "")
             + f'{state}<div class="facts">{items}</div>{targets(f)}</header>')
+
+
+def _device(s: dict) -> str:
+    """The summary's device, and the number of processes of a data-parallel (torchrun) run."""
+    n = s.get("world_size", 1)
+    return esc(s.get("device", "")) + (f" &times; {n} processes" if isinstance(n, int) and n > 1 else "")
 
 
 def _duration(seconds: float) -> str:
@@ -529,7 +535,7 @@ def notebook_summary(run_path: Path | str, summary: dict | None = None) -> str:
     if "epochs" in s:
         facts.append(f"{fmt(s['epochs'])} epochs")
     if "train_seconds" in s:
-        facts.append(f"{_duration(s['train_seconds'])} training on {esc(s.get('device', ''))}")
+        facts.append(f"{_duration(s['train_seconds'])} training on {_device(s)}")
     parts = [f'<div class="deepstep-run"><style>{NOTEBOOK_CSS}</style><h3>{esc(f.name())}</h3>',
              f'<p class="facts">{" &middot; ".join(facts)}</p>']
     if f.cfg.description:

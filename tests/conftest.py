@@ -21,6 +21,28 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 os.environ.setdefault("DEEPSTEP_CACHE", tempfile.mkdtemp(prefix="deepstep-test-cache-"))
 
 
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (`-n N`, as scripts/test.sh runs the suite), give each worker its own share
+    of the cores: N workers with torch's default threads would run N times as many threads as there
+    are cores, and small models slow down many times over when their threads wait for a busy core.
+    The share is the worker's CPU affinity, which its subprocesses inherit and deepstep's
+    `train.threads = "auto"` reads as the usable cores."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not worker.startswith("gw") or not count.isdigit() or not hasattr(os, "sched_setaffinity"):
+        return
+    cores, n, i = sorted(os.sched_getaffinity(0)), int(count), int(worker[2:])
+    if n < 2 or len(cores) < n:
+        return
+    share = set(cores[i::n])
+    os.sched_setaffinity(0, share)
+    import torch
+
+    torch.set_num_threads(len(share))
+
+
+_pin_xdist_worker()
+
+
 def cli_env() -> dict:
     """Environment for `python -m deepstep` subprocesses: this checkout's sources, one thread."""
     env = dict(os.environ)

@@ -214,3 +214,23 @@ def test_speedcnn_stems_halve_the_image_in_the_first_block(stem):
 def test_speedcnn_refuses_an_unknown_stem():
     with pytest.raises(UserError, match="model.stem"):
         create_model("speedcnn", (1, 28, 28), 10, stem="pixel")
+
+
+@pytest.mark.parametrize("name", ["speedcnn", "cnn-fashion"])
+def test_nhwc_flatten_is_the_same_network_with_the_first_linear_layer_permuted(name):
+    """model.flatten = "nhwc" reads the map pixel by pixel; with the first linear layer's columns
+    permuted to match, it computes what the channel-by-channel network computes, in either
+    memory format."""
+    a = create_model(name, (1, 28, 28), 10, flatten="nchw").eval()
+    b = create_model(name, (1, 28, 28), 10, flatten="nhwc").eval()
+    sd = a.state_dict()
+    fc = next(k for k, v in sd.items() if k.startswith("head.") and v.ndim == 2)
+    c, h, w = a.features(torch.zeros(1, 1, 28, 28)).shape[1:]
+    sd[fc] = sd[fc].reshape(-1, c, h, w).permute(0, 2, 3, 1).reshape(sd[fc].shape[0], -1)
+    b.load_state_dict(sd)
+    x = torch.randn(4, 1, 28, 28)
+    torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
+    b = b.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(b(x.contiguous(memory_format=torch.channels_last)), a(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="model.flatten"):
+        create_model(name, (1, 28, 28), 10, flatten="hwc")

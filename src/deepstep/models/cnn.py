@@ -123,23 +123,27 @@ def cnn_guide(in_shape, num_classes, *, flat_features: int = 0) -> ConvNet:
 
 @MODELS.register("cnn-fashion", tags=("classifier", "image", "conv"),
                  checks={"dropout": "[0, 1)", "hidden": ">= 1", "flat_features": ">= 0"})
-def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 128, flat_features: int = 0) -> ConvNet:
+def cnn_fashion(in_shape, num_classes, *, dropout: float = 0.25, hidden: int = 128, flat_features: int = 0,
+                flatten: str = "nchw") -> ConvNet:
     """The introductory guide's bigger CNN (row 7), with dropout as in PyTorch's MNIST example.
 
     conv 1->32 3x3 -> ReLU -> conv 32->64 3x3 -> ReLU -> max-pool 2 -> fc 9216->128 -> fc 10
-    (9216 = 64*12*12 for 28x28 input)."""
+    (9216 = 64*12*12 for 28x28 input). `flatten` as in speedcnn: "nhwc" reads the map pixel by
+    pixel, the same network up to the order of fc 9216's inputs, and no copy of a channels-last map."""
     _image_only(in_shape, "cnn-fashion")
+    flat = _flatten(flatten)
     features = nn.Sequential(nn.Conv2d(in_shape[0], 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.ReLU(),
                              nn.MaxPool2d(2))
     n = flat_features or flat_size(features, in_shape)
-    head = nn.Sequential(nn.Dropout(dropout), nn.Flatten(), nn.Linear(n, hidden), nn.ReLU(), nn.Dropout(2 * dropout),
+    head = nn.Sequential(nn.Dropout(dropout), flat, nn.Linear(n, hidden), nn.ReLU(), nn.Dropout(2 * dropout),
                          nn.Linear(hidden, num_classes))
     return ConvNet(features, head)
 
 
 @MODELS.register("speedcnn", tags=("classifier", "image", "conv"))
 def speedcnn(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), hidden: int = 128,
-             dropout: float = 0.3, pool_last: bool = False, activation: str = "gelu", stem: str = "pool") -> ConvNet:
+             dropout: float = 0.3, pool_last: bool = False, activation: str = "gelu", stem: str = "pool",
+             flatten: str = "nchw") -> ConvNet:
     """A batch-norm CNN sized for time-to-accuracy on a CPU (recipe fashion-speedrun).
 
     Every block is conv 3x3 -> max-pool 2 -> BN -> act (pooling before BN and the activation
@@ -150,10 +154,17 @@ def speedcnn(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), hidden
 
     `stem` is how the first block halves the image: "pool" (conv 3x3, then max-pool), "stride"
     (a 3x3 conv with stride 2: no full-size feature map) or "patch" (a 2x2 conv with stride 2 on
-    non-overlapping patches)."""
+    non-overlapping patches).
+
+    `flatten` is the order in which the head reads the last map: "nchw" (channel by channel, as
+    nn.Flatten) or "nhwc" (pixel by pixel). The two are the same network up to a permutation of
+    the first linear layer's inputs; "nhwc" is a free view of a channels-last map, where "nchw"
+    copies it and makes the last activation's backward mix memory layouts (10 % of a bf16 +
+    channels_last step on this project's CPU, docs/speed.md)."""
     _image_only(in_shape, "speedcnn")
     if stem not in ("pool", "stride", "patch"):
         raise UserError(f"model.stem = '{stem}' is not one of 'pool', 'stride', 'patch'.")
+    flat = _flatten(flatten)
     if not widths or any(w < 1 for w in widths) or hidden < 1:
         raise UserError(f"model.widths = {list(widths)} and model.hidden = {hidden} must be positive.")
     if not 0.0 <= dropout < 1.0:
@@ -174,6 +185,19 @@ def speedcnn(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), hidden
         layers += [nn.BatchNorm2d(w), act(activation)]
         c = w
     features = nn.Sequential(*layers)
-    head = nn.Sequential(nn.Flatten(), nn.Linear(flat_size(features, in_shape), hidden, bias=False),
+    head = nn.Sequential(flat, nn.Linear(flat_size(features, in_shape), hidden, bias=False),
                          nn.BatchNorm1d(hidden), act(activation), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
     return ConvNet(features, head)
+
+
+def _flatten(order: str) -> nn.Module:
+    if order not in ("nchw", "nhwc"):
+        raise UserError(f"model.flatten = '{order}' is not one of 'nchw', 'nhwc'.")
+    return nn.Flatten() if order == "nchw" else FlattenNHWC()
+
+
+class FlattenNHWC(nn.Module):
+    """(B, C, H, W) -> (B, H*W*C), pixel by pixel: a view, without a copy, of a channels-last map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).flatten(1)

@@ -44,8 +44,10 @@ def pick_device(name: str = "auto") -> torch.device:
 
 PRECISIONS = ("auto", "fp32", "bf16")
 # train.threads = "auto": one thread below this many floating-point operations per forward call,
-# every core above (measured: bench/speed.py, docs/speed.md)
-THREADS_FLOPS = 200e6
+# every core above (measured: bench/speed.py --parts threads, docs/speed.md: on an idle 2-core
+# machine 2 threads were 1.23-1.71x faster from digits-cnn's 22 MFLOPs up, and no faster for
+# digits-mlp's 3 MFLOPs, which ran 17x slower on 2 threads when the other core was busy)
+THREADS_FLOPS = 10e6
 
 
 def cpu_flags() -> set[str]:

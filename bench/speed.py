@@ -208,9 +208,10 @@ def plain_speedrun(cfg, bar: float, seed: int = 0) -> tuple[float, float, float]
     def accuracy(xs, ys):
         model.eval()
         right = 0
-        for i in range(0, len(ys), 1024):
-            b = xs[i:i + 1024]
-            right += ((model(b) + model(b.flip(-1))).argmax(1) == ys[i:i + 1024]).sum().item()
+        step = cfg.train.eval_batch_size  # the recipe's evaluation batch, as deepstep uses it
+        for i in range(0, len(ys), step):
+            b = xs[i:i + step]
+            right += ((model(b) + model(b.flip(-1))).argmax(1) == ys[i:i + step]).sum().item()
         model.train()
         return right / len(ys)
 

@@ -173,14 +173,15 @@ def speedcnn(in_shape, num_classes, *, widths: list[int] = (32, 64, 128), hidden
     c = in_shape[0]
     for i, w in enumerate(widths):
         last = i == len(widths) - 1
-        halve = (not last or pool_last) and min(in_shape[1:] if i == 0 else _spatial(layers, in_shape)) >= 2
+        # the size this block reads (a padded 3x3 conv keeps it), halved unless it is too small
+        halve = (not last or pool_last) and min(_spatial(layers, in_shape) if layers else in_shape[1:]) >= 2
         if i == 0 and halve and stem == "stride":
             layers.append(nn.Conv2d(c, w, 3, stride=2, padding=1, bias=False))
         elif i == 0 and halve and stem == "patch":
             layers.append(nn.Conv2d(c, w, 2, stride=2, bias=False))
         else:
             layers.append(nn.Conv2d(c, w, 3, padding=1, bias=False))
-            if halve and min(_spatial(layers, in_shape)) >= 2:
+            if halve:
                 layers.append(nn.MaxPool2d(2))
         layers += [nn.BatchNorm2d(w), act(activation)]
         c = w

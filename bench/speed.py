@@ -179,7 +179,8 @@ def time_to(points, bar: float) -> float:
 def plain_speedrun(cfg, bar: float, seed: int = 0) -> tuple[float, float, float]:
     """`fashion-speedrun` written as the plain fp32 PyTorch loop a careful user writes: the same
     model, data split sizes, normalization, optimizer, warm-up and linear decay, label smoothing,
-    random mirror images and test-time flips, every usable core. Returns (seconds to validation
+    random or alternating mirror images (as the recipe's data.augment) and test-time flips, every
+    usable core. Returns (seconds to validation
     accuracy `bar`, training seconds with the per-epoch validation, test accuracy)."""
     load_all()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
@@ -215,14 +216,16 @@ def plain_speedrun(cfg, bar: float, seed: int = 0) -> tuple[float, float, float]
         model.train()
         return right / len(ys)
 
+    alternate = "altflip" in cfg.data.augment  # a fixed random half mirrored in even epochs, the rest in odd ones
+    half = torch.rand(len(y), generator=torch.Generator().manual_seed(seed)) < 0.5
     clock, reached = 0.0, math.nan
-    for _ in range(epochs):
+    for epoch in range(epochs):
         t0 = time.perf_counter()
         order = torch.randperm(len(y))
         for i in range(0, len(y), bs):
             j = order[i:i + bs]
             xb = x[j]
-            flip = torch.rand(len(j)) < 0.5
+            flip = (half[j] ^ (epoch % 2 == 1)) if alternate else torch.rand(len(j)) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             loss = F.cross_entropy(model(xb), y[j], label_smoothing=cfg.train.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -600,3 +600,50 @@ def test_image_size_resizes_every_image_data_set():
     cfg = load_config("digits-mlp", ["data.image_size=4", "train.threads=1"])
     task = Supervised(cfg, Runtime.from_config(cfg.train))
     assert tuple(task.meta["in_shape"]) == (1, 4, 4)
+
+
+def test_alternating_flips_mirror_every_image_once_in_two_epochs(monkeypatch, tmp_path):
+    import torch
+
+    from deepstep.config import load_config
+    from deepstep.data import arrays
+    from deepstep.run import train
+    from deepstep.tasks import supervised
+
+    steps = []  # per training step: [positions in the training part, flip mask]
+    real_batches, real_augment = arrays.TensorData.batches, supervised.augment_images
+
+    def batches(self, *args, **kw):
+        for b in real_batches(self, *args, **kw):
+            if kw.get("with_index"):
+                steps.append([b[2].clone()])
+            yield b
+
+    def augment(x, kind, max_shift=2, flip=None):
+        out = real_augment(x, kind, max_shift, flip=flip)
+        assert torch.equal(out[flip], x[flip].flip(-1)) and torch.equal(out[~flip], x[~flip])
+        steps[-1].append(flip.clone())
+        return out
+
+    monkeypatch.setattr(arrays.TensorData, "batches", batches)
+    monkeypatch.setattr(supervised, "augment_images", augment)
+    run = train(load_config("digits-cnn", ["train.epochs=3", "data.augment=altflip", "data.limit=400",
+                                           "train.threads=1"]), tmp_path / "run", verbose=0)
+    n = run.meta["sizes"]["train"]
+    per_epoch = len(steps) // 3
+    flips = []
+    for e in range(3):
+        pos = torch.cat([s[0] for s in steps[e * per_epoch:(e + 1) * per_epoch]])
+        mask = torch.cat([s[1] for s in steps[e * per_epoch:(e + 1) * per_epoch]])
+        assert sorted(pos.tolist()) == list(range(len(pos)))  # each example once per epoch
+        assert len(pos) == n
+        f = torch.empty(len(pos), dtype=torch.bool)
+        f[pos] = mask
+        flips.append(f)
+    assert 0.4 < flips[0].float().mean() < 0.6  # a random half
+    assert torch.equal(flips[1], ~flips[0]) and torch.equal(flips[2], flips[0])  # the other half, then the first
+
+
+def test_unknown_augmentation_lists_alternating_flips():
+    with pytest.raises(UserError, match="'altflip'"):
+        DataConfig(augment="alt-flip")

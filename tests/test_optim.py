@@ -240,3 +240,74 @@ def test_clipping_bounds_the_global_norm():
     assert clipped.norm().item() == pytest.approx(1.0, rel=1e-4)
     assert torch.allclose(clipped, raw / raw.norm(), atol=1e-5)  # same direction
     assert torch.allclose(update(raw.norm().item() * 2), raw, atol=1e-5)  # under the bound: untouched
+
+
+def _quadratic_run(lookahead: int, steps: int, start=None):
+    """SGD on a noisy quadratic; `start` = (step, optimizer state, weights, RNG state) resumes there
+    with a fresh optimizer. Returns the weights, the optimizer and the RNG state after `steps`."""
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.tensor([3.0, -2.0]))
+    opt = Optimization([w], OptimConfig(name="sgd", lr=0.1, momentum=0.9, lookahead=lookahead), SchedConfig(), 10, 2)
+    first = 0
+    if start is not None:
+        first, state, weights, rng = start
+        opt.load_state_dict(state)
+        w.data.copy_(weights)
+        torch.set_rng_state(rng)
+    for _ in range(first, steps):
+        opt.step(((w - 1) ** 2).sum() + 0.1 * torch.randn(()) * w.sum())
+    return w, opt, torch.get_rng_state()
+
+def test_lookahead_follows_airbench_and_ends_on_the_slow_weights():
+    # by hand: every 5 steps slow <- slow + (1 - d)(fast - slow), d = 0.95**5 * (t / T)**3, fast <- slow
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.tensor([3.0, -2.0]))
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    slow = w.detach().clone()
+    for t in range(1, 21):
+        loss = ((w - 1) ** 2).sum() + 0.1 * torch.randn(()) * w.sum()
+        loss.backward()
+        sgd.step()
+        sgd.zero_grad()
+        if t % 5 == 0:
+            d = 0.95 ** 5 * (t / 20) ** 3
+            slow += (1 - d) * (w.detach() - slow)
+            w.data.copy_(slow)
+    w_la, opt, _ = _quadratic_run(5, 20)
+    assert torch.allclose(w_la, w, atol=1e-6)
+    assert torch.equal(w_la.detach(), opt.slow[0])  # the run ends on the slow weights
+    plain, _, _ = _quadratic_run(0, 20)
+    assert not torch.allclose(plain, w_la)  # it changed something
+
+
+def test_lookahead_resumes_exactly():
+    whole, _, _ = _quadratic_run(5, 20)
+    w7, half, rng = _quadratic_run(5, 7)  # stopped between two Lookahead updates
+    state = half.state_dict()
+    assert "lookahead" in state
+    resumed, _, _ = _quadratic_run(5, 20, start=(7, state, w7.detach().clone(), rng))
+    assert torch.equal(resumed, whole)
+    state["lookahead"] = [t + 1 for t in state["lookahead"]]  # the slow weights are part of the state
+    other, _, _ = _quadratic_run(5, 20, start=(7, state, w7.detach().clone(), rng))
+    assert not torch.equal(other, whole)
+
+def test_lookahead_needs_its_state_to_resume():
+    w = [nn.Parameter(torch.zeros(2))]
+    plain = Optimization(w, OptimConfig(name="sgd", lr=0.1), SchedConfig(), 10, 1)
+    la = Optimization(w, OptimConfig(name="sgd", lr=0.1, lookahead=5), SchedConfig(), 10, 1)
+    with pytest.raises(UserError, match="optim.lookahead"):
+        la.load_state_dict(plain.state_dict())
+
+
+def test_lookahead_averages_batch_norm_statistics_with_the_weights():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    opt = Optimization(net.parameters(), OptimConfig(name="sgd", lr=0.1, lookahead=5), SchedConfig(), 10, 1,
+                       buffers=net.buffers())
+    assert len(opt.slow) == 4 + 2  # weight, bias, BN weight and bias; running mean and variance
+    for _ in range(9):  # stops after a Lookahead update and 4 fast steps: the statistics moved on
+        opt.step(net(torch.randn(8, 3) + 2).pow(2).mean())
+    bn = net[1]
+    assert not torch.equal(bn.running_mean, opt.slow[4])
+    opt.step(net(torch.randn(8, 3) + 2).pow(2).mean())  # the last step: everything ends on the slow copy
+    assert torch.equal(bn.running_mean, opt.slow[4]) and torch.equal(bn.running_var, opt.slow[5])

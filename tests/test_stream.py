@@ -64,3 +64,14 @@ def test_streamed_images_are_not_resized_silently(npy_folder):
     task = TASKS.get("classify")(_cfg(npy_folder, "data.stream=true", "data.image_size=8", "data.workers=0"),
                                  Runtime(device="cpu"))  # already that size: fine
     assert next(iter(task.data["train"].batches(4, seed=0)))[0].shape == (4, 1, 8, 8)
+
+
+def test_streamed_alternating_flips_equal_in_memory_ones(npy_folder, tmp_path):
+    # the streamed batches carry the same positions as the in-memory ones, so the same images are mirrored
+    memory = train(_cfg(npy_folder, "data.augment=altflip"), tmp_path / "mem", verbose=0).summary
+    streamed = train(_cfg(npy_folder, "data.augment=altflip", "data.stream=true", "data.workers=0"), tmp_path / "st",
+                     verbose=0).summary
+    flipped = train(_cfg(npy_folder, "data.augment=flip"), tmp_path / "flip", verbose=0).summary
+    for key in ("test/acc", "test/loss", "val/loss"):
+        assert streamed[key] == pytest.approx(memory[key], abs=1e-5), key
+    assert flipped["val/loss"] != pytest.approx(memory["val/loss"], abs=1e-5)  # the flips did differ

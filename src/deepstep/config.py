@@ -134,7 +134,9 @@ class DataConfig:
                               "parts are held out, so the test part stays the same; classes keep their share "
                               "(stratified: the first examples of each class) (0: all)", ">= 0")
     download: bool = opt(True, "download missing files from the official mirror into the cache")
-    augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'")
+    augment: str = opt("", "training augmentation: '', 'flip', 'shift' or 'flip+shift'; 'altflip' (or "
+                             "'altflip+shift') mirrors a fixed random half of the images in even epochs and the "
+                             "other half in odd ones (alternating flips, as airbench)")
     stream: bool = opt(False, "read batches from disk with a DataLoader instead of holding the data in "
                               "memory (for data larger than RAM: a data.name=npz folder whose x.npy is memory-mapped)")
     workers: int = opt(2, "with data.stream: DataLoader worker processes reading batches (0: in the training process)",
@@ -161,7 +163,7 @@ class DataConfig:
         for name in ("min_freq", "max_vocab", "max_length"):
             if getattr(self, name) < (1 if name == "min_freq" else 0):
                 raise UserError(f"data.{name} = {getattr(self, name)} must be at least {1 if name == 'min_freq' else 0}.")
-        allowed = {"", "flip", "shift", "flip+shift", "shift+flip"}
+        allowed = {"", "flip", "shift", "flip+shift", "shift+flip", "altflip", "altflip+shift", "shift+altflip"}
         if self.augment not in allowed:
             raise UserError(
                 f"data.augment = '{self.augment}' is not valid: expected one of "
@@ -184,6 +186,10 @@ class OptimConfig:
                                      "of a staged model (resnet18/34/50: layer4, ..., layer1, stem) this factor once "
                                      "more, e.g. 0.5; 1: one rate for all; models without stages: one rate",
                                 "(0, 1]")
+    lookahead: int = opt(0, "Lookahead weights (Zhang et al. 2019), as airbench: every this many steps the slow "
+                            "weights (with the batch-norm statistics) move toward the trained ones by "
+                            "1 - 0.95**k * progress**3 and the trained ones restart from them; the last step ends "
+                            "on the slow weights (0: off)", ">= 0")
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:

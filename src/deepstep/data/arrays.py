@@ -142,22 +142,25 @@ class TensorData:
     def sample(self, n: int) -> torch.Tensor:
         return self.x[:n].cpu()
 
-    def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1, drop_last=False):
-        """Yield (x, y) batches; shuffled with a permutation fixed by `seed` (None: in order).
+    def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1, drop_last=False,
+                with_index: bool = False):
+        """Yield (x, y) batches, or (x, y, positions) `with_index`; shuffled with a permutation fixed by
+        `seed` (None: in order).
         When distributed, each rank takes every `world`-th example of the permutation; the last
         n % world examples of the permutation are left out so that every rank runs the same number
         of steps (an extra step on one rank breaks DDP's gradient all-reduce: gloo aborts, NCCL hangs)."""
         n = len(self)
         if seed is None:
             for i in range(0, n, batch_size):
-                yield self.x[i:i + batch_size], self.y[i:i + batch_size]
+                x, y = self.x[i:i + batch_size], self.y[i:i + batch_size]
+                yield (x, y, torch.arange(i, i + len(y), device=y.device)) if with_index else (x, y)
             return
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(n, generator=g)[: n - n % world][rank::world].to(self.x.device)
         stop = len(idx) - (len(idx) % batch_size if drop_last else 0)
         for i in range(0, stop, batch_size):
             j = idx[i:i + batch_size]
-            yield self.x[j], self.y[j]
+            yield (self.x[j], self.y[j], j) if with_index else (self.x[j], self.y[j])
 
 
 class StreamData:
@@ -197,14 +200,17 @@ class StreamData:
             idx = torch.randperm(n, generator=g)[: n - n % world][rank::world].numpy()
         return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
 
-    def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1):
+    def batches(self, batch_size: int, seed: int | None = None, rank: int = 0, world: int = 1,
+                with_index: bool = False):
         """Same contract as `TensorData.batches`; batches are read by DataLoader workers."""
+        order = self._order(batch_size, seed, rank, world)
         loader = torch.utils.data.DataLoader(
-            _Rows(self), sampler=self._order(batch_size, seed, rank, world), batch_size=None,
+            _Rows(self), sampler=order, batch_size=None,
             num_workers=self.workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(0))  # its own: the global RNG (dropout) stays untouched
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        for positions, (x, y) in zip(order, loader):  # the loader keeps the sampler's order
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield (x, y, torch.as_tensor(positions, device=self.device)) if with_index else (x, y)
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -234,10 +240,13 @@ def limit_stratified(y: np.ndarray, n: int) -> np.ndarray:
     return np.sort(keep)
 
 
-def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2) -> torch.Tensor:
-    """Random horizontal flips and/or shifts of up to `max_shift` pixels (zero padded), batched."""
+def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Horizontal flips and/or shifts of up to `max_shift` pixels (zero padded), batched.
+
+    Flips are random, or given: `flip`, one bool per example (alternating flips, `alternate_flips`)."""
     if "flip" in kind:
-        flip = torch.rand(x.shape[0], device=x.device) < 0.5
+        if flip is None:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     if "shift" in kind:
         b, _, h, w = x.shape
@@ -245,3 +254,11 @@ def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2) -> torch.Tens
         dy, dx = torch.randint(0, 2 * max_shift + 1, (2,)).tolist()  # one shift per batch keeps it cheap
         x = padded[:, :, dy:dy + h, dx:dx + w]
     return x
+
+
+def alternate_flips(n: int, seed: int) -> torch.Tensor:
+    """Which of n training examples are mirrored in even epochs (a fixed random half, drawn from
+    `seed`); odd epochs mirror the other half. Alternating flips, as airbench does: every image is
+    seen both ways in every two epochs, where random flips show a quarter of them the same way
+    twice in a row."""
+    return torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5

@@ -9,6 +9,7 @@ import math
 import torch
 
 from ..config import OptimConfig, SchedConfig
+from ..errors import UserError
 
 
 def stage_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -87,10 +88,11 @@ class Optimization:
         grad_clip: max global grad norm (0: off).
         grad_accum: batches per optimizer step.
         monitor_mode: 'max' or 'min', for the plateau schedule.
+        buffers: the model's buffers, averaged with the parameters by `optim.lookahead`.
     """
 
     def __init__(self, params, optim: OptimConfig, sched: SchedConfig, steps_per_epoch: int, epochs: int,
-                 grad_clip: float = 0.0, grad_accum: int = 1, monitor_mode: str = "max"):
+                 grad_clip: float = 0.0, grad_accum: int = 1, monitor_mode: str = "max", buffers=()):
         self.optimizer = build_optimizer(params, optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.grad_clip = grad_clip
@@ -114,6 +116,12 @@ class Optimization:
             self.per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode=monitor_mode, factor=sched.factor, patience=sched.patience)
         self.steps = 0
+        self.total_steps = opt_steps * epochs
+        self.lookahead = optim.lookahead
+        # Lookahead averages the model's float buffers too (batch-norm statistics), as airbench does:
+        # the run must not end on slow weights with the statistics of the fast ones
+        self.averaged = [*self.params, *(b for b in buffers if b.is_floating_point())] if self.lookahead else []
+        self.slow = [t.detach().clone() for t in self.averaged]
 
     def step(self, loss: torch.Tensor) -> None:
         """Backward `loss`; every `grad_accum` calls clip, step, zero grads and advance the schedule."""
@@ -131,6 +139,21 @@ class Optimization:
         self.steps += 1
         if self.per_step is not None and (self.per_epoch is None or self.steps <= self.warm_steps):
             self.per_step.step()
+        if self.lookahead:
+            self._look_ahead()
+
+    @torch.no_grad()
+    def _look_ahead(self) -> None:
+        """airbench's Lookahead: every k steps slow <- slow + (1 - d) (fast - slow) and fast <- slow,
+        with d = 0.95**k * progress**3 (no averaging early on, strong late); after the last step
+        of the run the trained weights become the slow ones."""
+        k, fast = self.lookahead, [t.detach() for t in self.averaged]
+        if self.steps % k == 0:
+            d = 0.95 ** k * min(1.0, self.steps / max(1, self.total_steps)) ** 3
+            torch._foreach_lerp_(self.slow, fast, 1.0 - d)
+            torch._foreach_copy_(fast, self.slow)
+        if self.steps == self.total_steps:
+            torch._foreach_copy_(fast, self.slow)
 
     def end_epoch(self, metric: float | None = None) -> None:
         """Apply gradients still accumulating from the epoch's last batches (as a mean over those
@@ -156,6 +179,7 @@ class Optimization:
             "per_epoch": self.per_epoch.state_dict() if self.per_epoch is not None else {},
             "micro": self.micro,
             "steps": self.steps,
+            **({"lookahead": [t.clone() for t in self.slow]} if self.lookahead else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -165,3 +189,8 @@ class Optimization:
         if self.per_epoch is not None:
             self.per_epoch.load_state_dict(state["per_epoch"])
         self.micro, self.steps = state["micro"], state["steps"]
+        if self.lookahead:
+            if "lookahead" not in state:
+                raise UserError("This checkpoint was written without optim.lookahead: resume it with optim.lookahead = 0.")
+            for t, v in zip(self.slow, state["lookahead"]):
+                t.copy_(v)

@@ -33,6 +33,7 @@ from ..data.arrays import (
     Normalizer,
     StreamData,
     TensorData,
+    alternate_flips,
     augment_images,
     limit_stratified,
     resize_images,
@@ -150,6 +151,7 @@ class Supervised:
         check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
+        self._flips, self._odd = None, False  # data.augment = 'altflip': the even epochs' mirrored half
         if cfg.train.tta and arrays.kind != "image":
             raise UserError(f"train.tta = '{cfg.train.tta}' flips images; data '{cfg.data.name}' holds "
                             f"{arrays.kind} inputs. Set train.tta = ''.")
@@ -162,7 +164,8 @@ class Supervised:
         n_train = len(self.data["train"]) // runtime.world_size
         self.steps_per_epoch = -(-n_train // cfg.train.batch_size)
         self.opt = Optimization(stage_groups(unwrap(self.model), cfg.optim), cfg.optim, cfg.sched, self.steps_per_epoch, cfg.train.epochs,
-                                cfg.train.grad_clip, cfg.train.grad_accum, monitor_mode(cfg.train.monitor))
+                                cfg.train.grad_clip, cfg.train.grad_accum, monitor_mode(cfg.train.monitor),
+                                unwrap(self.model).buffers())
         self.meta = {"task": cfg.task, "loss": loss, "classes": classes, "in_shape": list(in_shape),
                      "num_outputs": n_out, "kind": arrays.kind, "normalizer": self.norm.to_dict(),
                      "source": arrays.source, "sizes": {k: len(v) for k, v in self.data.items()}}
@@ -285,8 +288,12 @@ class Supervised:
 
     def batches(self, epoch: int):
         self._features()
+        alternate = "altflip" in self.augment
+        if alternate and self._flips is None:  # drawn once from the seed: the same on every rank and on resume
+            self._flips = alternate_flips(len(self.data["train"]), self.cfg.train.seed).to(self.rt.device)
+        self._odd = epoch % 2 == 1
         return self.data["train"].batches(self.cfg.train.batch_size, seed=self.cfg.train.seed * 1_000_003 + epoch,
-                                          rank=self.rt.rank, world=self.rt.world_size)
+                                          rank=self.rt.rank, world=self.rt.world_size, with_index=alternate)
 
     def samples_in(self, batch) -> int:
         return batch[1].shape[0]
@@ -295,9 +302,9 @@ class Supervised:
         return loss_fn(self.loss_name, out, y, reduction, self.cfg.train.label_smoothing)
 
     def train_step(self, batch) -> dict:
-        x, y = batch
+        x, y, *where = batch  # with alternating flips, the examples' positions in the training part
         if self.augment:
-            x = augment_images(x, self.augment)
+            x = augment_images(x, self.augment, flip=(self._flips[where[0]] ^ self._odd) if where else None)
         out = self.net(x)  # the runtime's precision and memory format (engine/runtime.py)
         loss = self.loss(out.float(), y)
         self.opt.step(loss)

@@ -109,16 +109,17 @@ def test_plugin_state_is_in_the_checkpoint_so_resume_is_exact(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compiled", [False, True], ids=["bf16-channels-last", "bf16-channels-last-compile"])
-def test_resume_is_exact_on_the_fast_path(tmp_path, compiled):
-    """A conv net under bf16 autocast and channels_last (forced, so any CPU takes this path), eager
-    and compiled: killed mid-epoch and resumed, it ends with the uninterrupted run's weights and
-    logs."""
+@pytest.mark.parametrize("compiled,more", [(False, []), (True, []), (False, ["data.augment=altflip", "optim.lookahead=5"])],
+                         ids=["bf16-channels-last", "bf16-channels-last-compile", "altflip-lookahead"])
+def test_resume_is_exact_on_the_fast_path(tmp_path, compiled, more):
+    """A conv net under bf16 autocast and channels_last (forced, so any CPU takes this path), eager,
+    compiled, and with the speedrun's alternating flips and Lookahead weights: killed mid-epoch and
+    resumed, it ends with the uninterrupted run's weights and logs."""
     from safetensors.torch import load_file
 
     cfg = load_config("digits-cnn", ["train.epochs=3", "train.threads=1", "train.precision=bf16",
                                      "train.channels_last=true", f"train.compile={str(compiled).lower()}",
-                                     "plugins.skip=['explanations', 'report', 'model-card']"])
+                                     "plugins.skip=['explanations', 'report', 'model-card']", *more])
     ref = fit(cfg, run_dir=tmp_path / "ref", verbose=0)
     assert ref.summary["precision"] == "bf16" and ref.summary["channels_last"] is True
     spe = ref.task.steps_per_epoch

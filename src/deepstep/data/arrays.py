@@ -259,6 +259,6 @@ def augment_images(x: torch.Tensor, kind: str, max_shift: int = 2, flip: torch.T
 def alternate_flips(n: int, seed: int) -> torch.Tensor:
     """Which of n training examples are mirrored in even epochs (a fixed random half, drawn from
     `seed`); odd epochs mirror the other half. Alternating flips, as airbench does: every image is
-    seen both ways in every two epochs, where random flips show a quarter of them the same way
+    seen both ways in every two epochs, where random flips show half of them the same way
     twice in a row."""
     return torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5

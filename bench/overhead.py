@@ -68,7 +68,9 @@ def plain_fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: 
 
 def deepstep_fit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 64,
                  lr: float = 1e-3) -> dict:
-    h = deepstep.fit(model, (x, y), epochs=1, batch_size=batch_size, optimizer="adam", lr=lr, verbose=0)
+    # the plain loop's settings: fp32 and its thread count (the "auto" defaults would change both)
+    h = deepstep.fit(model, (x, y), epochs=1, batch_size=batch_size, optimizer="adam", lr=lr, verbose=0,
+                     precision="fp32", threads=torch.get_num_threads())
     return {"loss": h.history["loss"][-1], "accuracy": h.history["accuracy"][-1]}
 
 

@@ -490,3 +490,16 @@ def test_summary_is_exported_and_reports_shape_errors():
     assert "summary" in deepstep.__all__ and deepstep.summary is deepstep.api.summary
     with pytest.raises(UserError, match=r"layer '0' \(Linear\) expects .* received a tensor of shape \(2, 3\)"):
         deepstep.summary(nn.Sequential(nn.Linear(4, 2)), (3,), print_fn=lambda s: None)
+
+
+def test_precision_and_threads_can_be_pinned():
+    torch.manual_seed(0)
+    x = torch.randn(64, 1, 8, 8)
+    y = (x.mean((1, 2, 3)) > 0).long()
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    pinned = deepstep.fit(copy.deepcopy(net), (x, y), epochs=1, verbose=0, precision="fp32", threads=1)
+    assert pinned.run.summary["precision"] == "fp32" and "1 thread" in pinned.run.summary["device"]
+    forced = deepstep.fit(copy.deepcopy(net), (x, y), epochs=1, verbose=0, precision="bf16", threads=1)
+    assert forced.run.summary["precision"] == "bf16"
+    with pytest.raises(UserError, match="precision"):
+        deepstep.fit(copy.deepcopy(net), (x, y), epochs=1, verbose=0, precision="fp8")

@@ -425,7 +425,8 @@ def _plugins(callbacks) -> list[Plugin]:
 def fit(model: torch.nn.Module, data, *, epochs: int, batch_size: int = 64, optimizer="adam",
         lr: float | None = None, loss="cross_entropy", metrics=None, validation_split: float = 0.0,
         validation_data=None, callbacks=(), weight_decay: float | None = None, momentum: float | None = None,
-        early_stopping: int = 0, run_dir=None, device: str = "cpu", seed: int = 0, verbose: int = 1) -> History:
+        early_stopping: int = 0, run_dir=None, device: str = "cpu", seed: int = 0, verbose: int = 1,
+        precision: str = "auto", threads: int | str = "auto") -> History:
     """Train `model` in place on `data` with the deepstep engine (`engine.fit.fit`).
 
     Args:
@@ -456,6 +457,9 @@ def fit(model: torch.nn.Module, data, *, epochs: int, batch_size: int = 64, opti
             model.safetensors, summary.json, plug-ins' files); None trains in memory.
         device: 'cpu', 'cuda', 'mps' or 'auto'. seed: for the split, shuffling and dropout.
         verbose: 0 silent, 1 one line per epoch (a progress bar on a terminal).
+        precision, threads: as train.precision and train.threads ('auto': bf16 autocast and
+            channels_last for conv nets where the device runs bf16 natively, and one thread for
+            models under 10 MFLOPs per call); e.g. precision='fp32', threads=1 to pin them.
 
     Returns:
         History with a Keras-like `.history` dict of per-epoch lists, `.epochs`, and `.run`, the
@@ -507,7 +511,7 @@ def fit(model: torch.nn.Module, data, *, epochs: int, batch_size: int = 64, opti
         sched=SchedConfig(),
         train=TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device, monitor="val/loss",
                           early_stop=early_stopping, restore_best=early_stopping > 0, log_every=10**9,
-                          label_smoothing=spec.label_smoothing),
+                          label_smoothing=spec.label_smoothing, precision=precision, threads=threads),
     )
     run = _fit(cfg, run_dir=run_dir, plugins=plugins, verbose=verbose,
                task=lambda rt: ArraysTask(cfg, rt, arrays=arrays, model=model, spec=spec,

@@ -121,7 +121,8 @@ def _fit(cfg, rd, named, plugins, resume, task, verbose, t_start, found=None) ->
     skip = {PLUGINS.get(n).name for n in cfg.plugins.skip}
     chosen = [p for p in _choose(named, plugins, skip) if p.applies_to(run) and (runtime.is_main or not p.rank0_only)]
     loop = Loop(task, runtime, cfg.train.epochs, run, chosen, cfg.train.checkpoint_every, cfg.train.log_every)
-    loop.fingerprint = data_fingerprint(task)
+    # kept in checkpoints to refuse a resume on other data; a run without a directory writes none
+    loop.fingerprint = data_fingerprint(task) if rd is not None else None
     run.loop, run.plugins = loop, loop.plugins
     if state is not None:
         try:

@@ -147,13 +147,14 @@ class Optimization:
         """airbench's Lookahead: every k steps slow <- slow + (1 - d) (fast - slow) and fast <- slow,
         with d = 0.95**k * progress**3 (no averaging early on, strong late); after the last step
         of the run the trained weights become the slow ones."""
-        k, fast = self.lookahead, [t.detach() for t in self.averaged]
+        k, last = self.lookahead, self.steps == self.total_steps
+        if self.steps % k and not last:
+            return
+        fast = [t.detach() for t in self.averaged]
         if self.steps % k == 0:
             d = 0.95 ** k * min(1.0, self.steps / max(1, self.total_steps)) ** 3
             torch._foreach_lerp_(self.slow, fast, 1.0 - d)
-            torch._foreach_copy_(fast, self.slow)
-        if self.steps == self.total_steps:
-            torch._foreach_copy_(fast, self.slow)
+        torch._foreach_copy_(fast, self.slow)
 
     def end_epoch(self, metric: float | None = None) -> None:
         """Apply gradients still accumulating from the epoch's last batches (as a mean over those

@@ -65,6 +65,8 @@ class Supervised:
     """
 
     tta = ""  # train.tta of image runs; subclasses with other inputs (forecast) keep ""
+    _flips: torch.Tensor | None = None  # data.augment = 'altflip': the even epochs' mirrored half
+    _odd = False  # the current epoch is odd: the other half is mirrored
 
     def __init__(self, cfg: RunConfig, runtime: Runtime, arrays: Arrays | None = None, model: torch.nn.Module | None = None,
                  loss: str = "cross_entropy", train_acc: bool = True):
@@ -151,7 +153,8 @@ class Supervised:
         check_fits(model, self.data["train"].sample(2), arrays.source or cfg.data.name)
         self.model = runtime.module(model)
         self.augment = cfg.data.augment if arrays.kind == "image" else ""
-        self._flips, self._odd = None, False  # data.augment = 'altflip': the even epochs' mirrored half
+        if "altflip" in self.augment:  # drawn from the seed: the same on every rank and on resume
+            self._flips = alternate_flips(len(self.data["train"]), cfg.train.seed).to(runtime.device)
         if cfg.train.tta and arrays.kind != "image":
             raise UserError(f"train.tta = '{cfg.train.tta}' flips images; data '{cfg.data.name}' holds "
                             f"{arrays.kind} inputs. Set train.tta = ''.")
@@ -288,12 +291,10 @@ class Supervised:
 
     def batches(self, epoch: int):
         self._features()
-        alternate = "altflip" in self.augment
-        if alternate and self._flips is None:  # drawn once from the seed: the same on every rank and on resume
-            self._flips = alternate_flips(len(self.data["train"]), self.cfg.train.seed).to(self.rt.device)
         self._odd = epoch % 2 == 1
         return self.data["train"].batches(self.cfg.train.batch_size, seed=self.cfg.train.seed * 1_000_003 + epoch,
-                                          rank=self.rt.rank, world=self.rt.world_size, with_index=alternate)
+                                          rank=self.rt.rank, world=self.rt.world_size,
+                                          with_index=self._flips is not None)
 
     def samples_in(self, batch) -> int:
         return batch[1].shape[0]
